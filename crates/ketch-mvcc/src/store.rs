@@ -1,0 +1,469 @@
+//! The store: backend tables, the shared key index, read and write transactions.
+
+use std::path::{Path, PathBuf};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+
+use crate::codec;
+use crate::key_index::TreeIndex;
+
+/// Revision-keyed key-values: `(main, sub)` -> [`codec`] record.
+const KV: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("kv");
+/// Small named values: the store's own and the caller's (see [`Batch::commit`]).
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+const META_FORMAT: &str = "format";
+const META_CURRENT_REV: &str = "current_rev";
+const META_COMPACT_REV: &str = "compact_rev";
+/// Written once at creation; a file without it (or with another value) is refused.
+const FORMAT: &[u8] = b"ketch-mvcc/1";
+
+/// A point in the store's history. `main` is the revision clients see; `sub`
+/// orders the writes of one request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Revision {
+    pub main: i64,
+    pub sub: i64,
+}
+
+impl Revision {
+    fn table_key(self) -> (u64, u64) {
+        // Revisions are never negative: main starts at 1, sub at 0.
+        (self.main.unsigned_abs(), self.sub.unsigned_abs())
+    }
+}
+
+/// A key's value at some revision, as etcd's `mvccpb.KeyValue`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyValue {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    pub create_revision: i64,
+    pub mod_revision: i64,
+    pub version: i64,
+    pub lease: i64,
+}
+
+/// The upper end of a key range, decoded from etcd's `range_end` convention.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RangeEnd {
+    /// `range_end` empty: the single key.
+    Single,
+    /// `range_end` = `"\0"`: every key `>= key`.
+    Unbounded,
+    /// Any other `range_end`: keys in `[key, end)`.
+    Before(Vec<u8>),
+}
+
+impl RangeEnd {
+    pub fn from_etcd(range_end: &[u8]) -> RangeEnd {
+        match range_end {
+            [] => RangeEnd::Single,
+            [0] => RangeEnd::Unbounded,
+            end => RangeEnd::Before(end.to_vec()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RangeOptions {
+    /// Most key-values to return; 0 = all.
+    pub limit: usize,
+    /// Revision to read at; `<= 0` = the current one.
+    pub rev: i64,
+    /// Only count the keys.
+    pub count_only: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RangeResult {
+    pub kvs: Vec<KeyValue>,
+    /// Keys in the range at the read revision, regardless of `limit`.
+    pub count: i64,
+    /// The store's revision the read was served at (not the requested one).
+    pub rev: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompactionResult {
+    /// Revisions removed from the backend.
+    pub removed: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MvccError {
+    #[error("mvcc: required revision has been compacted")]
+    Compacted,
+    #[error("mvcc: required revision is a future revision")]
+    FutureRev,
+    #[error("mvcc backend: {0}")]
+    Storage(#[from] redb::Error),
+    #[error("mvcc backend is corrupt: {0}")]
+    Corrupt(String),
+    #[error("{path}: not a Ketch MVCC database ({why})")]
+    Foreign { path: PathBuf, why: String },
+}
+
+macro_rules! storage_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for MvccError {
+            fn from(e: $t) -> Self { MvccError::Storage(e.into()) }
+        }
+    )*};
+}
+storage_from!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
+
+struct State {
+    index: TreeIndex,
+    current_rev: i64,
+    /// etcd's `compactMainRev`: -1 until the first compaction.
+    compact_rev: i64,
+}
+
+/// The multi-version store. Readers run concurrently with each other; a write
+/// [`Batch`] excludes readers for its duration, so no reader sees half a request.
+pub struct Store {
+    path: PathBuf,
+    db: Database,
+    state: RwLock<State>,
+}
+
+impl Store {
+    /// Opens (creating if absent) the store at `path` and rebuilds the key index.
+    pub fn open(path: &Path) -> Result<Store, MvccError> {
+        let fresh = !path.exists();
+        let db = Database::create(path).map_err(|e| match e {
+            redb::DatabaseError::Storage(redb::StorageError::Corrupted(why)) => {
+                MvccError::Foreign { path: path.to_path_buf(), why }
+            }
+            e => e.into(),
+        })?;
+        let txn = db.begin_write()?;
+        {
+            let mut meta = txn.open_table(META)?;
+            let format = meta.get(META_FORMAT)?.map(|v| v.value().to_vec());
+            match format {
+                Some(f) if f == FORMAT => {}
+                None if fresh => {
+                    meta.insert(META_FORMAT, FORMAT)?;
+                }
+                other => {
+                    let why = match other {
+                        Some(f) => format!("format {:?}", String::from_utf8_lossy(&f)),
+                        None => "no format marker".to_string(),
+                    };
+                    return Err(MvccError::Foreign { path: path.to_path_buf(), why });
+                }
+            }
+            txn.open_table(KV)?;
+        }
+        txn.commit()?;
+
+        let read = db.begin_read()?;
+        let meta = read.open_table(META)?;
+        let meta_i64 = |key: &str| -> Result<Option<i64>, MvccError> {
+            match meta.get(key)? {
+                None => Ok(None),
+                Some(v) => {
+                    let bytes: [u8; 8] = v.value().try_into().map_err(|_| MvccError::Corrupt(format!("meta {key}")))?;
+                    Ok(Some(i64::from_le_bytes(bytes)))
+                }
+            }
+        };
+        let mut current_rev = meta_i64(META_CURRENT_REV)?.unwrap_or(1).max(1);
+        let compact_rev = meta_i64(META_COMPACT_REV)?.unwrap_or(-1);
+
+        let mut index = TreeIndex::default();
+        let kv = read.open_table(KV)?;
+        for item in kv.iter()? {
+            let (k, v) = item?;
+            let (main, sub) = k.value();
+            let rev = Revision {
+                main: i64::try_from(main).map_err(|_| MvccError::Corrupt("revision overflow".into()))?,
+                sub: i64::try_from(sub).map_err(|_| MvccError::Corrupt("revision overflow".into()))?,
+            };
+            let rec = codec::decode(v.value())?;
+            current_rev = current_rev.max(rev.main);
+            if rec.tombstone {
+                index.tombstone(&rec.key, rev);
+            } else if index.contains(&rec.key) {
+                index.put(&rec.key, rev);
+            } else {
+                index.restore(&rec.key, Revision { main: rec.create_revision, sub: 0 }, rev, rec.version);
+            }
+        }
+        drop((kv, meta, read));
+        Ok(Store { path: path.to_path_buf(), db, state: RwLock::new(State { index, current_rev, compact_rev }) })
+    }
+
+    pub fn read(&self) -> Result<ReadTxn<'_>, MvccError> {
+        let state = self.state.read().expect("mvcc state lock poisoned");
+        let txn = self.db.begin_read()?;
+        Ok(ReadTxn { state, txn })
+    }
+
+    /// Starts a write batch. Only one exists at a time; it blocks readers until
+    /// committed or dropped. Dropping a batch without committing leaves the
+    /// in-memory index ahead of the backend: callers treat that as fatal.
+    pub fn batch(&self) -> Result<Batch<'_>, MvccError> {
+        let state = self.state.write().expect("mvcc state lock poisoned");
+        let txn = self.db.begin_write()?;
+        Ok(Batch { state, txn })
+    }
+
+    pub fn current_revision(&self) -> i64 {
+        self.state.read().expect("mvcc state lock poisoned").current_rev
+    }
+
+    pub fn compact_revision(&self) -> i64 {
+        self.state.read().expect("mvcc state lock poisoned").compact_rev
+    }
+
+    /// A caller-owned meta value, as last committed.
+    pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, MvccError> {
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        Ok(meta.get(key)?.map(|v| v.value().to_vec()))
+    }
+
+    /// Size of the backend file in bytes.
+    pub fn file_size(&self) -> u64 {
+        std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)
+    }
+}
+
+/// Shared read path for read and write transactions.
+fn range_in(
+    state: &State,
+    table: &impl ReadableTable<(u64, u64), &'static [u8]>,
+    key: &[u8],
+    end: &RangeEnd,
+    cur_rev: i64,
+    opts: RangeOptions,
+) -> Result<RangeResult, MvccError> {
+    let mut rev = opts.rev;
+    if rev > cur_rev {
+        return Err(MvccError::FutureRev);
+    }
+    if rev <= 0 {
+        rev = cur_rev;
+    }
+    if rev < state.compact_rev {
+        return Err(MvccError::Compacted);
+    }
+    let mut revs = Vec::new();
+    match end {
+        RangeEnd::Single => revs.extend(state.index.get(key, rev).map(|f| f.modified)),
+        RangeEnd::Unbounded => state.index.visit_range(key, None, rev, |_, f| {
+            revs.push(f.modified);
+            true
+        }),
+        RangeEnd::Before(end) => state.index.visit_range(key, Some(end), rev, |_, f| {
+            revs.push(f.modified);
+            true
+        }),
+    }
+    let count = i64::try_from(revs.len()).unwrap_or(i64::MAX);
+    if opts.count_only || revs.is_empty() {
+        return Ok(RangeResult { kvs: Vec::new(), count, rev: cur_rev });
+    }
+    if opts.limit > 0 {
+        revs.truncate(opts.limit);
+    }
+    let mut kvs = Vec::with_capacity(revs.len());
+    for r in revs {
+        let raw = table.get(r.table_key())?.ok_or_else(|| {
+            MvccError::Corrupt(format!("index names revision {}.{} that the backend lacks", r.main, r.sub))
+        })?;
+        let rec = codec::decode(raw.value())?;
+        kvs.push(KeyValue {
+            key: rec.key,
+            value: rec.value,
+            create_revision: rec.create_revision,
+            mod_revision: r.main,
+            version: rec.version,
+            lease: rec.lease,
+        });
+    }
+    Ok(RangeResult { kvs, count, rev: cur_rev })
+}
+
+/// A consistent read view of the store.
+pub struct ReadTxn<'a> {
+    state: RwLockReadGuard<'a, State>,
+    txn: redb::ReadTransaction,
+}
+
+impl ReadTxn<'_> {
+    pub fn rev(&self) -> i64 {
+        self.state.current_rev
+    }
+
+    pub fn compact_rev(&self) -> i64 {
+        self.state.compact_rev
+    }
+
+    pub fn range(&self, key: &[u8], end: &RangeEnd, opts: RangeOptions) -> Result<RangeResult, MvccError> {
+        let table = self.txn.open_table(KV)?;
+        range_in(&self.state, &table, key, end, self.state.current_rev, opts)
+    }
+}
+
+/// One backend write transaction covering one or more requests.
+pub struct Batch<'a> {
+    state: RwLockWriteGuard<'a, State>,
+    txn: redb::WriteTransaction,
+}
+
+impl<'a> Batch<'a> {
+    /// Starts one request's writes; all of them share one revision.
+    pub fn txn(&mut self) -> TxnWrite<'_, 'a> {
+        let begin_rev = self.state.current_rev;
+        TxnWrite { batch: self, begin_rev, changes: 0 }
+    }
+
+    pub fn rev(&self) -> i64 {
+        self.state.current_rev
+    }
+
+    /// Compacts history before `rev`: afterwards reads below `rev` fail with
+    /// [`MvccError::Compacted`]. Does not change the current revision.
+    pub fn compact(&mut self, rev: i64) -> Result<CompactionResult, MvccError> {
+        if rev <= self.state.compact_rev {
+            return Err(MvccError::Compacted);
+        }
+        if rev > self.state.current_rev {
+            return Err(MvccError::FutureRev);
+        }
+        let keep = self.state.index.compact(rev);
+        let mut table = self.txn.open_table(KV)?;
+        let upto = Revision { main: rev, sub: i64::MAX }.table_key();
+        let mut doomed = Vec::new();
+        for item in table.range(..=upto)? {
+            let (k, _) = item?;
+            let (main, sub) = k.value();
+            let r = Revision { main: main as i64, sub: sub as i64 };
+            if !keep.contains(&r) {
+                doomed.push(k.value());
+            }
+        }
+        for k in &doomed {
+            table.remove(k)?;
+        }
+        self.state.compact_rev = rev;
+        Ok(CompactionResult { removed: doomed.len() as u64 })
+    }
+
+    /// Commits the batch together with the caller's `meta` entries (its applied
+    /// position, typically). `durable = false` skips the fsync: the commit becomes
+    /// durable with the next durable one, and a crash before that rolls the store
+    /// back to the previous durable commit as a whole.
+    pub fn commit(mut self, meta: &[(&str, &[u8])], durable: bool) -> Result<(), MvccError> {
+        {
+            let mut table = self.txn.open_table(META)?;
+            table.insert(META_CURRENT_REV, self.state.current_rev.to_le_bytes().as_slice())?;
+            table.insert(META_COMPACT_REV, self.state.compact_rev.to_le_bytes().as_slice())?;
+            for (k, v) in meta {
+                table.insert(*k, *v)?;
+            }
+        }
+        self.txn.set_durability(if durable { Durability::Immediate } else { Durability::None })?;
+        self.txn.commit()?;
+        Ok(())
+    }
+}
+
+/// The writes of one request, all at revision `begin_rev + 1`.
+pub struct TxnWrite<'b, 'a> {
+    batch: &'b mut Batch<'a>,
+    begin_rev: i64,
+    changes: i64,
+}
+
+impl TxnWrite<'_, '_> {
+    /// The revision reads inside this request see.
+    pub fn read_rev(&self) -> i64 {
+        if self.changes > 0 { self.begin_rev + 1 } else { self.begin_rev }
+    }
+
+    pub fn compact_rev(&self) -> i64 {
+        self.batch.state.compact_rev
+    }
+
+    pub fn range(&self, key: &[u8], end: &RangeEnd, opts: RangeOptions) -> Result<RangeResult, MvccError> {
+        let table = self.batch.txn.open_table(KV)?;
+        range_in(&self.batch.state, &table, key, end, self.read_rev(), opts)
+    }
+
+    /// Writes `key`; returns the revision of the write.
+    pub fn put(&mut self, key: &[u8], value: &[u8], lease: i64) -> Result<i64, MvccError> {
+        let rev = self.begin_rev + 1;
+        let (create_revision, version) = match self.batch.state.index.get(key, rev) {
+            Some(f) => (f.created.main, f.version + 1),
+            None => (rev, 1),
+        };
+        let idx_rev = Revision { main: rev, sub: self.changes };
+        let kv =
+            KeyValue { key: key.to_vec(), value: value.to_vec(), create_revision, mod_revision: rev, version, lease };
+        self.batch.txn.open_table(KV)?.insert(idx_rev.table_key(), codec::encode_put(&kv).as_slice())?;
+        self.batch.state.index.put(key, idx_rev);
+        self.changes += 1;
+        Ok(rev)
+    }
+
+    /// Deletes the live keys in the range; returns how many and the revision the
+    /// response reports (unchanged when nothing at all was written).
+    pub fn delete_range(&mut self, key: &[u8], end: &RangeEnd) -> Result<(i64, i64), MvccError> {
+        let at = self.read_rev();
+        let mut keys: Vec<Vec<u8>> = Vec::new();
+        let index = &self.batch.state.index;
+        match end {
+            RangeEnd::Single => {
+                if index.get(key, at).is_some() {
+                    keys.push(key.to_vec());
+                }
+            }
+            RangeEnd::Unbounded => index.visit_range(key, None, at, |k, _| {
+                keys.push(k.to_vec());
+                true
+            }),
+            RangeEnd::Before(end) => index.visit_range(key, Some(end), at, |k, _| {
+                keys.push(k.to_vec());
+                true
+            }),
+        }
+        if keys.is_empty() {
+            return Ok((0, self.read_rev()));
+        }
+        let rev = self.begin_rev + 1;
+        let mut table = self.batch.txn.open_table(KV)?;
+        for k in &keys {
+            let idx_rev = Revision { main: rev, sub: self.changes };
+            table.insert(idx_rev.table_key(), codec::encode_tombstone(k).as_slice())?;
+            self.batch.state.index.tombstone(k, idx_rev);
+            self.changes += 1;
+        }
+        Ok((i64::try_from(keys.len()).unwrap_or(i64::MAX), rev))
+    }
+
+    pub fn changed(&self) -> bool {
+        self.changes > 0
+    }
+
+    /// Ends the request: the store's revision advances if anything was written.
+    /// Returns the store's revision afterwards.
+    pub fn end(self) -> i64 {
+        if self.changes > 0 {
+            self.batch.state.current_rev = self.begin_rev + 1;
+        }
+        self.batch.state.current_rev
+    }
+}

@@ -1,0 +1,56 @@
+//! The client-facing gRPC services (thin edges over [`crate::member::Member`])
+//! and the listener that also answers etcd's HTTP endpoints on the same port.
+
+mod kv;
+mod maintenance;
+
+use std::future::Future;
+use std::time::Duration;
+
+use ketch_proto::etcdserverpb::cluster_server::ClusterServer;
+use ketch_proto::etcdserverpb::kv_server::KvServer;
+use ketch_proto::etcdserverpb::maintenance_server::MaintenanceServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::Routes;
+
+pub use maintenance::{ETCD_CLUSTER_VERSION, ETCD_VERSION};
+
+use crate::member::Member;
+
+/// gRPC allows this much on top of `--max-request-bytes` for framing (etcd's `grpcOverheadBytes`).
+const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+/// Concurrent HTTP/2 streams per client connection.
+const STREAMS_PER_CONNECTION_MAX: u32 = 10_000;
+/// Ping idle client connections this often, and drop them if a ping goes unanswered
+/// for [`KEEPALIVE_TIMEOUT`] (etcd's `--grpc-keepalive-interval`/`-timeout`).
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2 * 60 * 60);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Serves the client API on `listener` until `shutdown` resolves.
+pub async fn serve_clients(
+    member: Member,
+    listener: TcpListener,
+    max_request_bytes: usize,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let decode_limit = max_request_bytes.saturating_add(GRPC_OVERHEAD_BYTES);
+    let routes = Routes::from(crate::http::router(member.clone()))
+        .add_service(KvServer::new(kv::KvService::new(member.clone())).max_decoding_message_size(decode_limit))
+        .add_service(
+            MaintenanceServer::new(maintenance::MaintenanceService::new(member.clone()))
+                .max_decoding_message_size(decode_limit),
+        )
+        .add_service(
+            ClusterServer::new(maintenance::ClusterService::new(member)).max_decoding_message_size(decode_limit),
+        );
+    tonic::transport::Server::builder()
+        .accept_http1(true)
+        .tcp_nodelay(true)
+        .max_concurrent_streams(STREAMS_PER_CONNECTION_MAX)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+}

@@ -1,0 +1,18 @@
+//! The Ketch member.
+//!
+//! * [`member`]: the raft loop thread (persist, apply, answer) and the handle to it;
+//! * [`apply`]: etcd's KV semantics over the MVCC store, shared by reads and writes;
+//! * [`grpc`] and [`http`]: thin edges that validate, delegate and fill headers;
+//! * [`error`]: the one table from errors to etcd's gRPC codes and messages;
+//! * [`storage`]: the data directory layout; [`ids`]: etcd's ID derivations.
+
+pub mod apply;
+pub mod error;
+pub mod grpc;
+pub mod http;
+pub mod ids;
+pub mod member;
+pub mod storage;
+
+pub use error::ServerError;
+pub use member::{Member, MemberConfig};

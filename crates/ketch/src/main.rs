@@ -1,0 +1,136 @@
+//! `ketch`: start a member the way one starts etcd.
+
+mod flags;
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use ketch_server::Member;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use flags::{Flags, ServerConfig};
+
+fn main() -> ExitCode {
+    let args = flags::normalize_go_flags(std::env::args());
+    let flags = match Flags::try_parse_from(args) {
+        Ok(f) => f,
+        Err(e) => e.exit(),
+    };
+    if flags.version {
+        println!("ketch Version: {}", env!("CARGO_PKG_VERSION"));
+        println!("etcd API Version: {}", ketch_server::grpc::ETCD_VERSION);
+        println!("OS/Arch: {}/{}", std::env::consts::OS, std::env::consts::ARCH);
+        return ExitCode::SUCCESS;
+    }
+    let config = match flags.into_config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ketch: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&config.log_level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ketch: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("ketch: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(level: &str) {
+    let level = match level {
+        "panic" | "fatal" => "error",
+        l => l,
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KETCH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},raft={level}")));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
+}
+
+async fn run(config: ServerConfig) -> anyhow::Result<()> {
+    let ServerConfig { member: member_config, client_listen, .. } = config;
+    let max_request_bytes = member_config.max_request_bytes;
+    let (member, raft_thread) = Member::start(member_config)?;
+
+    let mut listeners = Vec::new();
+    for addr in &client_listen {
+        let listener = TcpListener::bind(addr).await.with_context(|| format!("listen tcp {addr}"))?;
+        tracing::info!(%addr, "serving client traffic (gRPC and HTTP)");
+        listeners.push(listener);
+    }
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut servers = tokio::task::JoinSet::new();
+    for listener in listeners {
+        let mut stop = stop_rx.clone();
+        let member = member.clone();
+        servers.spawn(async move {
+            let shutdown = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            ketch_server::grpc::serve_clients(member, listener, max_request_bytes, shutdown).await
+        });
+    }
+    drop(member);
+
+    let raft = tokio::task::spawn_blocking(move || raft_thread.join());
+    tokio::pin!(raft);
+    let outcome = tokio::select! {
+        _ = shutdown_signal() => {
+            tracing::info!("received a stop signal; shutting down");
+            Ok(())
+        }
+        joined = &mut raft => {
+            match joined {
+                Ok(Ok(Ok(()))) => Ok(()),
+                Ok(Ok(Err(e))) => Err(anyhow::anyhow!(e).context("the member stopped")),
+                Ok(Err(_)) | Err(_) => Err(anyhow::anyhow!("the raft loop panicked")),
+            }
+        }
+        Some(served) = servers.join_next() => {
+            match served {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(anyhow::anyhow!(e).context("client server failed")),
+                Err(e) => Err(anyhow::anyhow!(e).context("client server task failed")),
+            }
+        }
+    };
+    let _ = stop_tx.send(true);
+    while servers.join_next().await.is_some() {}
+    outcome
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
