@@ -175,7 +175,9 @@ impl Interval {
         Interval { begin: key.to_vec(), end }
     }
 
-    /// etcd's `Interval.Compare(...) == 0`.
+    /// etcd's `Interval.Compare(other) == 0`, in that direction: for the empty
+    /// or inverted intervals a delete can name (`range_end <= key`, or `"\0"`),
+    /// etcd's check finds no overlap, and neither may we.
     fn overlaps(&self, other: &Interval) -> bool {
         let left = cmp_point(&self.begin, &other.begin) == Ordering::Less
             && cmp_point(&self.end, &other.begin) != Ordering::Greater;
@@ -186,7 +188,7 @@ impl Interval {
 
 fn intersects(dels: &[Interval], key: &[u8]) -> bool {
     let p = Interval::point(key);
-    dels.iter().any(|d| d.overlaps(&p))
+    dels.iter().any(|d| p.overlaps(d))
 }
 
 /// etcd's `checkIntervals`: a branch may not write one key twice (two puts, or a

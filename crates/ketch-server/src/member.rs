@@ -102,6 +102,8 @@ struct Shared {
     commit_index: AtomicU64,
     applied_index: AtomicU64,
     stopped: AtomicBool,
+    /// Asks the raft loop to finish its turn and stop.
+    stop_requested: AtomicBool,
     max_request_bytes: usize,
     max_txn_ops: usize,
     quota_backend_bytes: u64,
@@ -236,6 +238,7 @@ impl Member {
             commit_index: AtomicU64::new(core.commit_index()),
             applied_index: AtomicU64::new(applied),
             stopped: AtomicBool::new(false),
+            stop_requested: AtomicBool::new(false),
             max_request_bytes: cfg.max_request_bytes,
             max_txn_ops: cfg.max_txn_ops,
             quota_backend_bytes: cfg.quota_backend_bytes,
@@ -291,6 +294,12 @@ impl Member {
     pub fn store(&self) -> &Arc<Store> {
         &self.shared.store
     }
+    /// Stops the raft loop after its current turn (within one tick); proposals
+    /// still queued are answered with `server stopped`.
+    pub fn stop(&self) {
+        self.shared.stop_requested.store(true, Ordering::SeqCst);
+    }
+
     pub fn is_stopped(&self) -> bool {
         self.shared.stopped.load(Ordering::SeqCst)
     }
@@ -407,7 +416,7 @@ impl RaftLoop {
         let mut next_tick = Instant::now() + self.tick;
         // Entries committed but not applied before a restart are applied first.
         self.process_ready()?;
-        loop {
+        while !self.shared.stop_requested.load(Ordering::SeqCst) {
             let wait = next_tick.saturating_duration_since(Instant::now());
             match self.rx.recv_timeout(wait) {
                 Ok(cmd) => {
@@ -437,6 +446,12 @@ impl RaftLoop {
         // Clean shutdown: make the backend durable so the next start replays nothing.
         if self.applied > self.durable_applied {
             self.store.batch()?.commit(&[], true)?;
+        }
+        for (_, reply) in self.waiters.drain() {
+            let _ = reply.send(Err(ServerError::Stopped));
+        }
+        while let Ok(Command::Propose { reply, .. }) = self.rx.try_recv() {
+            let _ = reply.send(Err(ServerError::Stopped));
         }
         Ok(())
     }

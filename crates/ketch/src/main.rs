@@ -12,6 +12,9 @@ use tokio::sync::watch;
 
 use flags::{Flags, ServerConfig};
 
+/// How long shutdown waits for client requests, then for the raft loop.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 fn main() -> ExitCode {
     let args = flags::normalize_go_flags(std::env::args());
     let flags = match Flags::try_parse_from(args) {
@@ -39,7 +42,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config)) {
+    let outcome = runtime.block_on(run(config));
+    runtime.shutdown_timeout(SHUTDOWN_GRACE);
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -84,16 +89,16 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
             ketch_server::grpc::serve_clients(member, listener, max_request_bytes, shutdown).await
         });
     }
-    drop(member);
-
     let raft = tokio::task::spawn_blocking(move || raft_thread.join());
     tokio::pin!(raft);
+    let mut raft_done = false;
     let outcome = tokio::select! {
         _ = shutdown_signal() => {
             tracing::info!("received a stop signal; shutting down");
             Ok(())
         }
         joined = &mut raft => {
+            raft_done = true;
             match joined {
                 Ok(Ok(Ok(()))) => Ok(()),
                 Ok(Ok(Err(e))) => Err(anyhow::anyhow!(e).context("the member stopped")),
@@ -108,8 +113,18 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
             }
         }
     };
+    // Stop taking requests, give open ones a moment, then stop the raft loop
+    // (which makes the backend durable) and wait for it.
     let _ = stop_tx.send(true);
-    while servers.join_next().await.is_some() {}
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async { while servers.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        tracing::warn!("client connections still open after {SHUTDOWN_GRACE:?}; closing them");
+        servers.abort_all();
+    }
+    member.stop();
+    if !raft_done && tokio::time::timeout(SHUTDOWN_GRACE, &mut raft).await.is_err() {
+        tracing::warn!("the raft loop did not stop within {SHUTDOWN_GRACE:?}");
+    }
     outcome
 }
 
