@@ -352,7 +352,20 @@ impl Gen {
     }
 
     fn invalid(&mut self) -> Req {
-        match self.rng.random_range(0..10) {
+        match self.rng.random_range(0..11) {
+            // Over --max-request-bytes (1.5 MiB) but under gRPC's own limit: etcd's
+            // "request is too large", for a put and for a txn.
+            10 => {
+                let put = PutRequest { key: self.key(), value: vec![b'x'; 1_600_000], ..Default::default() };
+                if self.rng.random_bool(0.5) {
+                    Req::Put(put)
+                } else {
+                    Req::Txn(TxnRequest {
+                        success: vec![RequestOp { request: Some(Request::RequestPut(put)) }],
+                        ..Default::default()
+                    })
+                }
+            }
             0 => Req::Put(PutRequest { key: Vec::new(), value: b"v".to_vec(), ..Default::default() }),
             1 => Req::Range(RangeRequest {
                 key: Vec::new(),

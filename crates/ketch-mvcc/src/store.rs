@@ -1,6 +1,7 @@
 //! The store: backend tables, the shared key index, read and write transactions.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
@@ -134,6 +135,8 @@ pub struct Store {
     path: PathBuf,
     db: Database,
     state: RwLock<State>,
+    /// The last committed revision, readable without waiting for a writer.
+    committed_rev: AtomicI64,
 }
 
 impl Store {
@@ -201,7 +204,12 @@ impl Store {
             }
         }
         drop((kv, meta, read));
-        Ok(Store { path: path.to_path_buf(), db, state: RwLock::new(State { index, current_rev, compact_rev }) })
+        Ok(Store {
+            path: path.to_path_buf(),
+            db,
+            state: RwLock::new(State { index, current_rev, compact_rev }),
+            committed_rev: AtomicI64::new(current_rev),
+        })
     }
 
     pub fn read(&self) -> Result<ReadTxn<'_>, MvccError> {
@@ -216,11 +224,12 @@ impl Store {
     pub fn batch(&self) -> Result<Batch<'_>, MvccError> {
         let state = self.state.write().expect("mvcc state lock poisoned");
         let txn = self.db.begin_write()?;
-        Ok(Batch { state, txn })
+        Ok(Batch { state, txn, committed_rev: &self.committed_rev })
     }
 
+    /// The revision of the last committed write; never blocks.
     pub fn current_revision(&self) -> i64 {
-        self.state.read().expect("mvcc state lock poisoned").current_rev
+        self.committed_rev.load(Ordering::SeqCst)
     }
 
     pub fn compact_revision(&self) -> i64 {
@@ -321,6 +330,7 @@ impl ReadTxn<'_> {
 pub struct Batch<'a> {
     state: RwLockWriteGuard<'a, State>,
     txn: redb::WriteTransaction,
+    committed_rev: &'a AtomicI64,
 }
 
 impl<'a> Batch<'a> {
@@ -377,6 +387,7 @@ impl<'a> Batch<'a> {
         }
         self.txn.set_durability(if durable { Durability::Immediate } else { Durability::None })?;
         self.txn.commit()?;
+        self.committed_rev.store(self.state.current_rev, Ordering::SeqCst);
         Ok(())
     }
 }
