@@ -441,7 +441,16 @@ fn apply_compare(view: &impl KvView, c: &pb::Compare) -> bool {
 }
 
 fn compare_kv(c: &pb::Compare, kv: &KeyValue) -> bool {
-    let int = |want: Option<i64>, have: i64| have.cmp(&want.unwrap_or(0));
+    // A target union of another kind than the target compares as zero (etcd's rule).
+    let want = |target: CompareTarget| -> i64 {
+        match (target, &c.target_union) {
+            (CompareTarget::Version, Some(TargetUnion::Version(v)))
+            | (CompareTarget::Create, Some(TargetUnion::CreateRevision(v)))
+            | (CompareTarget::Mod, Some(TargetUnion::ModRevision(v)))
+            | (CompareTarget::Lease, Some(TargetUnion::Lease(v))) => *v,
+            _ => 0,
+        }
+    };
     let ord = match CompareTarget::try_from(c.target) {
         Ok(CompareTarget::Value) => {
             let want: &[u8] = match &c.target_union {
@@ -450,34 +459,10 @@ fn compare_kv(c: &pb::Compare, kv: &KeyValue) -> bool {
             };
             kv.value.as_slice().cmp(want)
         }
-        Ok(CompareTarget::Create) => int(
-            match c.target_union {
-                Some(TargetUnion::CreateRevision(v)) => Some(v),
-                _ => None,
-            },
-            kv.create_revision,
-        ),
-        Ok(CompareTarget::Mod) => int(
-            match c.target_union {
-                Some(TargetUnion::ModRevision(v)) => Some(v),
-                _ => None,
-            },
-            kv.mod_revision,
-        ),
-        Ok(CompareTarget::Version) => int(
-            match c.target_union {
-                Some(TargetUnion::Version(v)) => Some(v),
-                _ => None,
-            },
-            kv.version,
-        ),
-        Ok(CompareTarget::Lease) => int(
-            match c.target_union {
-                Some(TargetUnion::Lease(v)) => Some(v),
-                _ => None,
-            },
-            kv.lease,
-        ),
+        Ok(t @ CompareTarget::Create) => kv.create_revision.cmp(&want(t)),
+        Ok(t @ CompareTarget::Mod) => kv.mod_revision.cmp(&want(t)),
+        Ok(t @ CompareTarget::Version) => kv.version.cmp(&want(t)),
+        Ok(t @ CompareTarget::Lease) => kv.lease.cmp(&want(t)),
         Err(_) => Ordering::Equal,
     };
     match CompareResult::try_from(c.result) {
