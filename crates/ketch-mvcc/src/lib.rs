@@ -26,6 +26,6 @@ pub mod key_index;
 mod store;
 
 pub use store::{
-    Batch, CompactionResult, KeyValue, MvccError, RangeEnd, RangeOptions, RangeResult, ReadTxn, Revision, Store,
-    TxnWrite,
+    Batch, CompactionResult, Event, EventKind, KeyValue, MvccError, RangeEnd, RangeOptions, RangeResult, ReadTxn,
+    Revision, Store, TxnWrite,
 };

@@ -67,6 +67,20 @@ impl RangeEnd {
     }
 }
 
+/// One change to one key, as a watcher sees it (etcd's `mvccpb.Event`). A
+/// delete's key-value carries only the key and the revision of the delete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub kind: EventKind,
+    pub kv: KeyValue,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Put,
+    Delete,
+}
+
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RangeOptions {
     /// Most key-values to return; 0 = all.
@@ -224,7 +238,7 @@ impl Store {
     pub fn batch(&self) -> Result<Batch<'_>, MvccError> {
         let state = self.state.write().expect("mvcc state lock poisoned");
         let txn = self.db.begin_write()?;
-        Ok(Batch { state, txn, committed_rev: &self.committed_rev })
+        Ok(Batch { state, txn, committed_rev: &self.committed_rev, events: Vec::new() })
     }
 
     /// The revision of the last committed write; never blocks.
@@ -324,6 +338,47 @@ impl ReadTxn<'_> {
         let table = self.txn.open_table(KV)?;
         range_in(&self.state, &table, key, end, self.state.current_rev, opts)
     }
+
+    /// The history of revisions `from..=to`, in revision order, as events. Stops
+    /// early, at a revision boundary, once at least `max_events` are collected;
+    /// returns the events and the last revision they fully cover. The caller
+    /// checks `from` against the compaction point first: compacted history is
+    /// incomplete.
+    pub fn events(&self, from: i64, to: i64, max_events: usize) -> Result<(Vec<Event>, i64), MvccError> {
+        let table = self.txn.open_table(KV)?;
+        let start = Revision { main: from.max(0), sub: 0 }.table_key();
+        let end = Revision { main: to.max(0), sub: i64::MAX }.table_key();
+        let mut events = Vec::new();
+        let mut last_main = from - 1;
+        for item in table.range(start..=end)? {
+            let (k, v) = item?;
+            let main = i64::try_from(k.value().0).map_err(|_| MvccError::Corrupt("revision overflow".into()))?;
+            if main != last_main && events.len() >= max_events {
+                return Ok((events, last_main));
+            }
+            last_main = main;
+            let rec = codec::decode(v.value())?;
+            events.push(if rec.tombstone {
+                Event {
+                    kind: EventKind::Delete,
+                    kv: KeyValue { key: rec.key, mod_revision: main, ..Default::default() },
+                }
+            } else {
+                Event {
+                    kind: EventKind::Put,
+                    kv: KeyValue {
+                        key: rec.key,
+                        value: rec.value,
+                        create_revision: rec.create_revision,
+                        mod_revision: main,
+                        version: rec.version,
+                        lease: rec.lease,
+                    },
+                }
+            });
+        }
+        Ok((events, to))
+    }
 }
 
 /// One backend write transaction covering one or more requests.
@@ -331,6 +386,8 @@ pub struct Batch<'a> {
     state: RwLockWriteGuard<'a, State>,
     txn: redb::WriteTransaction,
     committed_rev: &'a AtomicI64,
+    /// Every change made in this batch, in revision order, for watchers.
+    events: Vec<Event>,
 }
 
 impl<'a> Batch<'a> {
@@ -376,7 +433,8 @@ impl<'a> Batch<'a> {
     /// position, typically). `durable = false` skips the fsync: the commit becomes
     /// durable with the next durable one, and a crash before that rolls the store
     /// back to the previous durable commit as a whole.
-    pub fn commit(mut self, meta: &[(&str, &[u8])], durable: bool) -> Result<(), MvccError> {
+    /// Returns the batch's changes, in revision order, for watchers.
+    pub fn commit(mut self, meta: &[(&str, &[u8])], durable: bool) -> Result<Vec<Event>, MvccError> {
         {
             let mut table = self.txn.open_table(META)?;
             table.insert(META_CURRENT_REV, self.state.current_rev.to_le_bytes().as_slice())?;
@@ -388,7 +446,7 @@ impl<'a> Batch<'a> {
         self.txn.set_durability(if durable { Durability::Immediate } else { Durability::None })?;
         self.txn.commit()?;
         self.committed_rev.store(self.state.current_rev, Ordering::SeqCst);
-        Ok(())
+        Ok(self.events)
     }
 }
 
@@ -426,6 +484,7 @@ impl TxnWrite<'_, '_> {
             KeyValue { key: key.to_vec(), value: value.to_vec(), create_revision, mod_revision: rev, version, lease };
         self.batch.txn.open_table(KV)?.insert(idx_rev.table_key(), codec::encode_put(&kv).as_slice())?;
         self.batch.state.index.put(key, idx_rev);
+        self.batch.events.push(Event { kind: EventKind::Put, kv });
         self.changes += 1;
         Ok(rev)
     }
@@ -460,6 +519,8 @@ impl TxnWrite<'_, '_> {
             let idx_rev = Revision { main: rev, sub: self.changes };
             table.insert(idx_rev.table_key(), codec::encode_tombstone(k).as_slice())?;
             self.batch.state.index.tombstone(k, idx_rev);
+            let kv = KeyValue { key: k.clone(), mod_revision: rev, ..Default::default() };
+            self.batch.events.push(Event { kind: EventKind::Delete, kv });
             self.changes += 1;
         }
         Ok((i64::try_from(keys.len()).unwrap_or(i64::MAX), rev))

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use ketch_mvcc::{KeyValue, MvccError, RangeEnd, RangeOptions, Store};
+use ketch_mvcc::{EventKind, KeyValue, MvccError, RangeEnd, RangeOptions, Store};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -164,6 +164,28 @@ fn run(seed: u64, steps: usize) {
             63..65 => {
                 drop(store);
                 store = Store::open(&path).unwrap();
+            }
+            65..70 if model.rev() > model.compact_rev.max(1) => {
+                // History replays as events: each revision's changes, in key order.
+                let r = rng.random_range(model.compact_rev.max(1) + 1..=model.rev());
+                let (events, last) = store.read().unwrap().events(r, r, usize::MAX).unwrap();
+                assert_eq!(last, r, "{ctx}");
+                let (before, after) = (&model.history[r as usize - 1], &model.history[r as usize]);
+                let mut want: Vec<(EventKind, KeyValue)> = Vec::new();
+                let keys: std::collections::BTreeSet<&Vec<u8>> = before.keys().chain(after.keys()).collect();
+                for k in keys {
+                    match (before.get(k), after.get(k)) {
+                        (_, Some(kv)) if kv.mod_revision == r => want.push((EventKind::Put, kv.clone())),
+                        (Some(_), None) => want.push((
+                            EventKind::Delete,
+                            KeyValue { key: k.clone(), mod_revision: r, ..Default::default() },
+                        )),
+                        _ => {}
+                    }
+                }
+                let mut got: Vec<(EventKind, KeyValue)> = events.into_iter().map(|e| (e.kind, e.kv)).collect();
+                got.sort_by(|a, b| a.1.key.cmp(&b.1.key));
+                assert_eq!(got, want, "{ctx}: events at revision {r}");
             }
             _ => {
                 let (k, e) = (key(&mut rng), end(&mut rng));

@@ -4,6 +4,7 @@
 //! * [`apply`]: etcd's KV semantics over the MVCC store, shared by reads and writes;
 //! * [`grpc`] and [`http`]: thin edges that validate, delegate and fill headers;
 //! * [`error`]: the one table from errors to etcd's gRPC codes and messages;
+//! * [`watch`]: the hub that carries applied changes to watch streams;
 //! * [`storage`]: the data directory layout; [`ids`]: etcd's ID derivations.
 
 pub mod apply;
@@ -13,6 +14,7 @@ pub mod http;
 pub mod ids;
 pub mod member;
 pub mod storage;
+pub mod watch;
 
 pub use error::ServerError;
 pub use member::{Member, MemberConfig};

@@ -37,6 +37,7 @@ use crate::apply::{self, NoLeases};
 use crate::error::ServerError;
 use crate::ids::{self, RequestIds};
 use crate::storage::{self, Layout};
+use crate::watch::WatchHub;
 
 /// Proposals waiting for the raft loop; a full queue answers "too many requests".
 pub const PROPOSAL_QUEUE_MAX: usize = 4096;
@@ -70,6 +71,8 @@ pub struct MemberConfig {
     pub max_txn_ops: usize,
     pub quota_backend_bytes: u64,
     pub pre_vote: bool,
+    /// etcd's `--experimental-watch-progress-notify-interval`.
+    pub watch_progress_notify_interval: Duration,
 }
 
 /// The result of applying one proposal.
@@ -108,6 +111,8 @@ struct Shared {
     max_txn_ops: usize,
     quota_backend_bytes: u64,
     request_timeout: Duration,
+    watch_hub: WatchHub,
+    watch_progress_notify_interval: Duration,
 }
 
 /// A cheap, cloneable handle to the running member.
@@ -243,6 +248,8 @@ impl Member {
             max_txn_ops: cfg.max_txn_ops,
             quota_backend_bytes: cfg.quota_backend_bytes,
             request_timeout: Duration::from_millis(5000 + 2 * cfg.election_ms),
+            watch_hub: WatchHub::default(),
+            watch_progress_notify_interval: cfg.watch_progress_notify_interval,
         });
         let mut raft_loop = RaftLoop {
             core,
@@ -290,6 +297,15 @@ impl Member {
     }
     pub fn max_txn_ops(&self) -> usize {
         self.shared.max_txn_ops
+    }
+    pub fn max_request_bytes(&self) -> usize {
+        self.shared.max_request_bytes
+    }
+    pub fn watch_hub(&self) -> &WatchHub {
+        &self.shared.watch_hub
+    }
+    pub fn watch_progress_notify_interval(&self) -> Duration {
+        self.shared.watch_progress_notify_interval
     }
     pub fn store(&self) -> &Arc<Store> {
         &self.shared.store
@@ -529,13 +545,14 @@ impl RaftLoop {
         }
         let durable = last_index - self.durable_applied >= DURABLE_EVERY_ENTRIES
             || self.last_durable_at.elapsed() >= DURABLE_EVERY;
-        batch.commit(
+        let events = batch.commit(
             &[
                 (storage::META_CONSISTENT_INDEX, &last_index.to_le_bytes()),
                 (storage::META_CONSISTENT_TERM, &last_term.to_le_bytes()),
             ],
             durable,
         )?;
+        self.shared.watch_hub.publish(events);
         self.applied = last_index;
         self.core.applied_to(last_index);
         self.shared.applied_index.store(last_index, Ordering::SeqCst);

@@ -3,6 +3,7 @@
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{ArgAction, Parser};
@@ -69,6 +70,9 @@ pub struct Flags {
     /// Enable the raft Pre-Vote algorithm to prevent disruption when a node that has been partitioned away rejoins the cluster.
     #[arg(long, env = "ETCD_PRE_VOTE", default_value = "false", num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set)]
     pub pre_vote: bool,
+    /// Duration of periodic watch progress notifications (Go duration syntax, e.g. 10m, 30s).
+    #[arg(long, env = "ETCD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL", default_value = "10m", value_parser = parse_go_duration)]
+    pub experimental_watch_progress_notify_interval: Duration,
     /// Configures log level. Only supports debug, info, warn, error, panic, or fatal.
     #[arg(long, env = "ETCD_LOG_LEVEL", default_value = "info", value_parser = ["debug", "info", "warn", "error", "panic", "fatal"])]
     pub log_level: String,
@@ -93,6 +97,38 @@ pub fn normalize_go_flags(args: impl IntoIterator<Item = String>) -> Vec<String>
             },
         )
         .collect()
+}
+
+/// Parses Go's `time.ParseDuration` syntax: a sequence of decimal numbers with
+/// units `ns`, `us`, `µs`, `ms`, `s`, `m`, `h` (e.g. `1h30m`, `1.5s`, `500ms`).
+pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("time: invalid duration {s:?}");
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let mut rest = s;
+    let mut total = 0f64;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(bad)?;
+        let value: f64 = rest[..num_len].parse().map_err(|_| bad())?;
+        rest = &rest[num_len..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let nanos_per = match &rest[..unit_len] {
+            "ns" => 1.0,
+            "us" | "µs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            _ => return Err(bad()),
+        };
+        total += value * nanos_per;
+        rest = &rest[unit_len..];
+    }
+    Ok(Duration::from_nanos(total as u64))
 }
 
 fn split_list(s: &str) -> Vec<String> {
@@ -234,6 +270,9 @@ impl Flags {
                 "--initial-cluster-state=existing: joining an existing cluster is not available yet; a member with no data starts its own cluster"
             );
         }
+        if self.experimental_watch_progress_notify_interval.is_zero() {
+            bail!("--experimental-watch-progress-notify-interval must be greater than 0");
+        }
         let data_dir = self.data_dir.clone().unwrap_or_else(|| PathBuf::from(format!("{}.ketch", self.name)));
         let quota = match self.quota_backend_bytes {
             q if q < 0 => bail!("--quota-backend-bytes must not be negative"),
@@ -254,6 +293,7 @@ impl Flags {
             max_txn_ops: self.max_txn_ops as usize,
             quota_backend_bytes: quota,
             pre_vote: self.pre_vote,
+            watch_progress_notify_interval: self.experimental_watch_progress_notify_interval,
         };
         Ok(ServerConfig {
             member,
@@ -288,6 +328,16 @@ mod tests {
         let c = parse(&["-name", "n1", "--initial-advertise-peer-urls=http://127.0.0.1:12380"]).unwrap();
         assert_eq!(c.member.initial_cluster, vec![("n1".to_string(), vec!["http://127.0.0.1:12380".to_string()])]);
         assert_eq!(c.member.data_dir, PathBuf::from("n1.ketch"));
+    }
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(parse_go_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_go_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_go_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_go_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_go_duration("10").is_err());
+        assert!(parse_go_duration("ten minutes").is_err());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 mod kv;
 mod maintenance;
+mod watch;
 
 use std::future::Future;
 use std::time::Duration;
@@ -10,6 +11,7 @@ use std::time::Duration;
 use ketch_proto::etcdserverpb::cluster_server::ClusterServer;
 use ketch_proto::etcdserverpb::kv_server::KvServer;
 use ketch_proto::etcdserverpb::maintenance_server::MaintenanceServer;
+use ketch_proto::etcdserverpb::watch_server::WatchServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
@@ -41,6 +43,7 @@ pub async fn serve_clients(
             MaintenanceServer::new(maintenance::MaintenanceService::new(member.clone()))
                 .max_decoding_message_size(decode_limit),
         )
+        .add_service(WatchServer::new(watch::WatchService::new(member.clone())).max_decoding_message_size(decode_limit))
         .add_service(
             ClusterServer::new(maintenance::ClusterService::new(member)).max_decoding_message_size(decode_limit),
         );
