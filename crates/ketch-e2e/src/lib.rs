@@ -50,7 +50,7 @@ use std::time::{Duration, Instant};
 
 use ketch_proto::etcdserverpb::{
     CompactionResponse, DeleteRangeResponse, PutResponse, RangeResponse, ResponseHeader, StatusRequest, TxnResponse,
-    kv_client::KvClient, maintenance_client::MaintenanceClient, response_op::Response,
+    kv_client::KvClient, maintenance_client::MaintenanceClient, response_op::Response, watch_client::WatchClient,
 };
 use tonic::transport::{Channel, Endpoint};
 
@@ -461,6 +461,24 @@ impl Member {
     pub async fn maintenance(&self) -> MaintenanceClient<Channel> {
         MaintenanceClient::new(self.channel().await)
     }
+
+    /// A connected channel without the per-request timeout of
+    /// [`Member::channel`], for long-lived streams (Watch): a request
+    /// timeout would also bound the stream.
+    pub async fn stream_channel(&self) -> Channel {
+        Endpoint::from_shared(self.client_url())
+            .expect("client URL is a valid URI")
+            .connect_timeout(Duration::from_secs(2))
+            .connect()
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to {}: {e}", self.client_url()))
+    }
+
+    /// A `Watch` client on a fresh connection (no request timeout, see
+    /// [`Member::stream_channel`]).
+    pub async fn watch(&self) -> WatchClient<Channel> {
+        WatchClient::new(self.stream_channel().await)
+    }
 }
 
 impl Drop for Member {
@@ -547,6 +565,167 @@ fn read_in_thread(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<
         let _ = r.read_to_end(&mut buf);
         String::from_utf8_lossy(&buf).into_owned()
     })
+}
+
+/// A long-running etcdctl process (e.g. `etcdctl watch`), started with
+/// [`spawn_etcdctl`]: stdin stays open until [`EtcdctlProcess::close_stdin`],
+/// stdout and stderr are collected in the background and can be inspected
+/// while the process runs. Dropping it SIGKILLs and reaps the process.
+pub struct EtcdctlProcess {
+    child: Option<Child>,
+    stdin: Option<std::process::ChildStdin>,
+    stdout: std::sync::Arc<Mutex<Vec<u8>>>,
+    stderr: std::sync::Arc<Mutex<Vec<u8>>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+    exit_code: Option<i32>,
+}
+
+/// Interval between polls of [`EtcdctlProcess::wait_for`].
+pub const ETCDCTL_POLL: Duration = Duration::from_millis(5);
+
+/// Starts `etcdctl --endpoints=<endpoint> <args>` (`ETCDCTL_API=3`) in the
+/// background, with stdin, stdout and stderr piped. The process gets
+/// `PR_SET_PDEATHSIG(SIGKILL)` like the servers, so it cannot outlive the
+/// test process.
+pub fn spawn_etcdctl(endpoint: &str, args: &[&str]) -> EtcdctlProcess {
+    let mut cmd = Command::new(ETCDCTL_BIN);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("ETCDCTL_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoint}"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    die_with_parent(&mut cmd);
+    let mut child = spawn_child(cmd).unwrap_or_else(|e| panic!("cannot run {ETCDCTL_BIN}: {e}"));
+    let stdin = child.stdin.take();
+    let stdout = std::sync::Arc::new(Mutex::new(Vec::new()));
+    let stderr = std::sync::Arc::new(Mutex::new(Vec::new()));
+    let readers = vec![
+        collect_in_thread(child.stdout.take().expect("etcdctl stdout is piped"), stdout.clone()),
+        collect_in_thread(child.stderr.take().expect("etcdctl stderr is piped"), stderr.clone()),
+    ];
+    EtcdctlProcess { child: Some(child), stdin, stdout, stderr, readers, exit_code: None }
+}
+
+fn collect_in_thread(
+    mut r: impl Read + Send + 'static,
+    sink: std::sync::Arc<Mutex<Vec<u8>>>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 8192];
+        loop {
+            match r.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => sink.lock().expect("output buffer poisoned").extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+}
+
+impl EtcdctlProcess {
+    /// Standard output so far (lossy UTF-8).
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.stdout.lock().expect("output buffer poisoned")).into_owned()
+    }
+
+    /// Standard error so far (lossy UTF-8).
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.lock().expect("output buffer poisoned")).into_owned()
+    }
+
+    /// Writes `text` to the process's stdin (e.g. `"watch k\n"` for
+    /// `watch -i`). Panics if stdin was closed.
+    pub fn write_stdin(&mut self, text: &str) {
+        let stdin = self.stdin.as_mut().expect("etcdctl stdin was closed");
+        stdin.write_all(text.as_bytes()).expect("cannot write to etcdctl stdin");
+        stdin.flush().expect("cannot flush etcdctl stdin");
+    }
+
+    /// Closes stdin (the process sees end of file).
+    pub fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
+    /// Polls every [`ETCDCTL_POLL`] until `cond(stdout, stderr)` holds or
+    /// `timeout` passes; returns whether it held.
+    pub fn wait_for(&self, timeout: Duration, mut cond: impl FnMut(&str, &str) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if cond(&self.stdout(), &self.stderr()) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(ETCDCTL_POLL);
+        }
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself; returns its
+    /// exit code (-1 if killed by a signal), or `None` if it still runs.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        if let Some(code) = self.exit_code {
+            return Some(code);
+        }
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut()?;
+        loop {
+            if let Some(status) = child.try_wait().expect("cannot poll etcdctl") {
+                let code = status.code().unwrap_or(-1);
+                self.exit_code = Some(code);
+                return Some(code);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(ETCDCTL_POLL);
+        }
+    }
+
+    /// Kills the process if it still runs (SIGKILL), reaps it and returns
+    /// everything it printed. `code` is the exit code if it exited by
+    /// itself, -1 if it had to be killed.
+    pub fn finish(mut self) -> Output {
+        self.stdin = None;
+        let code = match self.wait_exit(Duration::ZERO) {
+            Some(code) => code,
+            None => {
+                self.stop();
+                -1
+            }
+        };
+        self.child = None;
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
+        Output { stdout: self.stdout(), stderr: self.stderr(), code }
+    }
+
+    fn stop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for EtcdctlProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Resident set size of process `pid` in KiB (`VmRSS` in
+/// `/proc/<pid>/status`), or `None` if it cannot be read.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Header fields that legitimately differ between two servers and are

@@ -13,6 +13,9 @@ use crate::key_index::TreeIndex;
 const KV: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("kv");
 /// Small named values: the store's own and the caller's (see [`Batch::commit`]).
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// Lease records, by lease ID; their format is the lessor's (the store only keeps them
+/// in the same transactions as the keys attached to them).
+const LEASES: TableDefinition<i64, &[u8]> = TableDefinition::new("lease");
 
 const META_FORMAT: &str = "format";
 const META_CURRENT_REV: &str = "current_rev";
@@ -181,6 +184,7 @@ impl Store {
                 }
             }
             txn.open_table(KV)?;
+            txn.open_table(LEASES)?;
         }
         txn.commit()?;
 
@@ -255,6 +259,18 @@ impl Store {
         let txn = self.db.begin_read()?;
         let meta = txn.open_table(META)?;
         Ok(meta.get(key)?.map(|v| v.value().to_vec()))
+    }
+
+    /// Every stored lease record, by ascending lease ID.
+    pub fn lease_records(&self) -> Result<Vec<(i64, Vec<u8>)>, MvccError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(LEASES)?;
+        let mut out = Vec::new();
+        for item in table.iter()? {
+            let (k, v) = item?;
+            out.push((k.value(), v.value().to_vec()));
+        }
+        Ok(out)
     }
 
     /// Size of the backend file in bytes.
@@ -401,6 +417,20 @@ impl<'a> Batch<'a> {
         self.state.current_rev
     }
 
+    /// Stores (`Some`) or removes (`None`) a lease record in this batch.
+    pub fn set_lease_record(&mut self, id: i64, record: Option<&[u8]>) -> Result<(), MvccError> {
+        let mut table = self.txn.open_table(LEASES)?;
+        match record {
+            Some(bytes) => {
+                table.insert(id, bytes)?;
+            }
+            None => {
+                table.remove(id)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Compacts history before `rev`: afterwards reads below `rev` fail with
     /// [`MvccError::Compacted`]. Does not change the current revision.
     pub fn compact(&mut self, rev: i64) -> Result<CompactionResult, MvccError> {
@@ -489,9 +519,9 @@ impl TxnWrite<'_, '_> {
         Ok(rev)
     }
 
-    /// Deletes the live keys in the range; returns how many and the revision the
+    /// Deletes the live keys in the range; returns them and the revision the
     /// response reports (unchanged when nothing at all was written).
-    pub fn delete_range(&mut self, key: &[u8], end: &RangeEnd) -> Result<(i64, i64), MvccError> {
+    pub fn delete_range(&mut self, key: &[u8], end: &RangeEnd) -> Result<(Vec<Vec<u8>>, i64), MvccError> {
         let at = self.read_rev();
         let mut keys: Vec<Vec<u8>> = Vec::new();
         let index = &self.batch.state.index;
@@ -511,7 +541,7 @@ impl TxnWrite<'_, '_> {
             }),
         }
         if keys.is_empty() {
-            return Ok((0, self.read_rev()));
+            return Ok((keys, self.read_rev()));
         }
         let rev = self.begin_rev + 1;
         let mut table = self.batch.txn.open_table(KV)?;
@@ -523,7 +553,7 @@ impl TxnWrite<'_, '_> {
             self.batch.events.push(Event { kind: EventKind::Delete, kv });
             self.changes += 1;
         }
-        Ok((i64::try_from(keys.len()).unwrap_or(i64::MAX), rev))
+        Ok((keys, rev))
     }
 
     pub fn changed(&self) -> bool {

@@ -120,7 +120,7 @@ fn run(seed: u64, steps: usize) {
                 b.commit(&[], false).unwrap();
                 let victims: Vec<_> =
                     model.history.last().unwrap().keys().filter(|x| Model::in_range(x, &k, &e)).cloned().collect();
-                assert_eq!(deleted as usize, victims.len(), "{ctx}");
+                assert_eq!(deleted, victims, "{ctx}");
                 model.write(&victims.into_iter().map(|k| (k, None)).collect::<Vec<_>>());
             }
             50..60 => {

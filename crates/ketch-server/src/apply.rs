@@ -16,19 +16,25 @@ use ketch_proto::mvccpb;
 
 use crate::error::ServerError;
 
-/// What the apply layer needs to know about leases (none exist before the
-/// lessor lands, so every non-zero lease ID is unknown).
+/// What the apply layer needs of the lessor: whether a lease exists, and to
+/// keep its record of which keys belong to which lease in step with the store.
 pub trait Leases {
     fn exists(&self, id: i64) -> bool;
+    /// `key` was written with `lease` (0 = none).
+    fn attach(&mut self, key: &[u8], lease: i64);
+    /// `key` was deleted.
+    fn detach(&mut self, key: &[u8]);
 }
 
-/// The lease table of a member without a lessor: empty.
+/// For read-only paths, which never attach or detach.
 pub struct NoLeases;
 
 impl Leases for NoLeases {
     fn exists(&self, _id: i64) -> bool {
         false
     }
+    fn attach(&mut self, _key: &[u8], _lease: i64) {}
+    fn detach(&mut self, _key: &[u8]) {}
 }
 
 /// A view ranges can be served from: a read transaction, or a write transaction
@@ -317,7 +323,7 @@ pub fn read_only_txn(view: &impl KvView, r: &pb::TxnRequest) -> Result<pb::TxnRe
     let path = compare_to_path(view, r);
     check_requests(r, &path, &mut |op| check_range_rev(view, op))?;
     let mut resp = new_txn_response(r, &path);
-    let mut ops = TxnOps::Read(view);
+    let mut ops: TxnOps<'_, '_, '_, '_, _, NoLeases> = TxnOps::Read(view);
     apply_txn_ops(&mut ops, r, &path, &mut resp)?;
     resp.header = header(view.rev());
     Ok(resp)
@@ -328,7 +334,11 @@ pub fn read_only_txn(view: &impl KvView, r: &pb::TxnRequest) -> Result<pb::TxnRe
 // ---------------------------------------------------------------------------
 
 /// etcd's `applierV3backend.Put` inside a write transaction.
-fn put_in(tw: &mut TxnWrite<'_, '_>, p: &pb::PutRequest) -> Result<pb::PutResponse, ServerError> {
+fn put_in(
+    tw: &mut TxnWrite<'_, '_>,
+    p: &pb::PutRequest,
+    leases: &mut impl Leases,
+) -> Result<pb::PutResponse, ServerError> {
     let mut value = p.value.clone();
     let mut lease = p.lease;
     let mut prev_kv = None;
@@ -349,10 +359,15 @@ fn put_in(tw: &mut TxnWrite<'_, '_>, p: &pb::PutRequest) -> Result<pb::PutRespon
         }
     }
     let rev = tw.put(&p.key, &value, lease)?;
+    leases.attach(&p.key, lease);
     Ok(pb::PutResponse { header: header(rev), prev_kv })
 }
 
-fn delete_in(tw: &mut TxnWrite<'_, '_>, d: &pb::DeleteRangeRequest) -> Result<pb::DeleteRangeResponse, ServerError> {
+fn delete_in(
+    tw: &mut TxnWrite<'_, '_>,
+    d: &pb::DeleteRangeRequest,
+    leases: &mut impl Leases,
+) -> Result<pb::DeleteRangeResponse, ServerError> {
     let end = RangeEnd::from_etcd(&d.range_end);
     let prev_kvs = if d.prev_kv {
         tw.range(&d.key, &end, RangeOptions::default())?.kvs.into_iter().map(to_pb_kv).collect()
@@ -360,24 +375,36 @@ fn delete_in(tw: &mut TxnWrite<'_, '_>, d: &pb::DeleteRangeRequest) -> Result<pb
         Vec::new()
     };
     let (deleted, rev) = tw.delete_range(&d.key, &end)?;
+    for key in &deleted {
+        leases.detach(key);
+    }
+    let deleted = i64::try_from(deleted.len()).unwrap_or(i64::MAX);
     Ok(pb::DeleteRangeResponse { header: header(rev), deleted, prev_kvs })
 }
 
 /// A standalone Put request.
-pub fn put(batch: &mut Batch<'_>, p: &pb::PutRequest, leases: &impl Leases) -> Result<pb::PutResponse, ServerError> {
+pub fn put(
+    batch: &mut Batch<'_>,
+    p: &pb::PutRequest,
+    leases: &mut impl Leases,
+) -> Result<pb::PutResponse, ServerError> {
     if p.lease != 0 && !leases.exists(p.lease) {
         return Err(ServerError::LeaseNotFound);
     }
     let mut tw = batch.txn();
-    let resp = put_in(&mut tw, p);
+    let resp = put_in(&mut tw, p, leases);
     tw.end();
     resp
 }
 
 /// A standalone DeleteRange request.
-pub fn delete_range(batch: &mut Batch<'_>, d: &pb::DeleteRangeRequest) -> Result<pb::DeleteRangeResponse, ServerError> {
+pub fn delete_range(
+    batch: &mut Batch<'_>,
+    d: &pb::DeleteRangeRequest,
+    leases: &mut impl Leases,
+) -> Result<pb::DeleteRangeResponse, ServerError> {
     let mut tw = batch.txn();
-    let resp = delete_in(&mut tw, d);
+    let resp = delete_in(&mut tw, d, leases);
     tw.end();
     resp
 }
@@ -385,20 +412,34 @@ pub fn delete_range(batch: &mut Batch<'_>, d: &pb::DeleteRangeRequest) -> Result
 /// A transaction that may write (etcd's `applierV3backend.Txn`). Compares and
 /// checks run against the state before the transaction, then the chosen
 /// branch's ops run in order, each seeing the writes before it.
-pub fn txn(batch: &mut Batch<'_>, r: &pb::TxnRequest, leases: &impl Leases) -> Result<pb::TxnResponse, ServerError> {
+pub fn txn(
+    batch: &mut Batch<'_>,
+    r: &pb::TxnRequest,
+    leases: &mut impl Leases,
+) -> Result<pb::TxnResponse, ServerError> {
     let mut tw = batch.txn();
     let path = compare_to_path(&tw, r);
     let write = !is_txn_read_only(r);
     if write {
-        check_requests(r, &path, &mut |op| check_txn_put(&tw, op, leases))?;
+        check_requests(r, &path, &mut |op| check_txn_put(&tw, op, &*leases))?;
     }
     check_requests(r, &path, &mut |op| check_range_rev(&tw, op))?;
     let mut resp = new_txn_response(r, &path);
-    let mut ops: TxnOps<'_, '_, '_, '_, ReadTxn<'_>> = TxnOps::Write(&mut tw);
+    let mut ops: TxnOps<'_, '_, '_, '_, ReadTxn<'_>, _> = TxnOps::Write(&mut tw, leases);
     apply_txn_ops(&mut ops, r, &path, &mut resp)?;
     let rev = tw.end();
     resp.header = header(rev);
     Ok(resp)
+}
+
+/// Deletes a revoked lease's keys, all in one revision (etcd's `Revoke`);
+/// returns the store's revision afterwards.
+pub fn delete_keys(batch: &mut Batch<'_>, keys: &[Vec<u8>]) -> Result<i64, ServerError> {
+    let mut tw = batch.txn();
+    for key in keys {
+        tw.delete_range(key, &RangeEnd::Single)?;
+    }
+    Ok(tw.end())
 }
 
 /// etcd's `Compaction` apply: compacts, then reports the current revision.
@@ -548,14 +589,14 @@ fn new_txn_response(r: &pb::TxnRequest, path: &[bool]) -> pb::TxnResponse {
     build(r, path).0
 }
 
-enum TxnOps<'v, 'w, 'b, 'a, V: KvView> {
+enum TxnOps<'v, 'w, 'b, 'a, V: KvView, L: Leases> {
     Read(&'v V),
-    Write(&'w mut TxnWrite<'b, 'a>),
+    Write(&'w mut TxnWrite<'b, 'a>, &'w mut L),
 }
 
 /// etcd's `applyTxn`: runs the ops of the branch taken; returns the nested txns walked.
-fn apply_txn_ops<V: KvView>(
-    ops: &mut TxnOps<'_, '_, '_, '_, V>,
+fn apply_txn_ops<V: KvView, L: Leases>(
+    ops: &mut TxnOps<'_, '_, '_, '_, V, L>,
     r: &pb::TxnRequest,
     path: &[bool],
     resp: &mut pb::TxnResponse,
@@ -568,17 +609,17 @@ fn apply_txn_ops<V: KvView>(
             (Some(Request::RequestRange(q)), Some(Response::ResponseRange(out))) => {
                 *out = match ops {
                     TxnOps::Read(v) => range(*v, q)?,
-                    TxnOps::Write(tw) => range(&**tw, q)?,
+                    TxnOps::Write(tw, _) => range(&**tw, q)?,
                 };
             }
             (Some(Request::RequestPut(p)), Some(Response::ResponsePut(out))) => {
-                if let TxnOps::Write(tw) = ops {
-                    *out = put_in(tw, p)?;
+                if let TxnOps::Write(tw, leases) = ops {
+                    *out = put_in(tw, p, *leases)?;
                 }
             }
             (Some(Request::RequestDeleteRange(d)), Some(Response::ResponseDeleteRange(out))) => {
-                if let TxnOps::Write(tw) = ops {
-                    *out = delete_in(tw, d)?;
+                if let TxnOps::Write(tw, leases) = ops {
+                    *out = delete_in(tw, d, *leases)?;
                 }
             }
             (Some(Request::RequestTxn(t)), Some(Response::ResponseTxn(out))) => {

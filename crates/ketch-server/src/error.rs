@@ -29,6 +29,10 @@ pub enum ServerError {
     NoSpace,
     #[error("etcdserver: requested lease not found")]
     LeaseNotFound,
+    #[error("etcdserver: lease already exists")]
+    LeaseExists,
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
     #[error("etcdserver: request is too large")]
     RequestTooLarge,
     #[error("etcdserver: too many requests")]
@@ -59,6 +63,8 @@ impl ServerError {
             Compacted | FutureRev => Code::OutOfRange,
             NoSpace | TooManyRequests => Code::ResourceExhausted,
             LeaseNotFound => Code::NotFound,
+            LeaseExists => Code::FailedPrecondition,
+            LeaseTtlTooLarge => Code::OutOfRange,
             NoLeader | LeaderChanged | Timeout | Stopped => Code::Unavailable,
             NotLeader => Code::FailedPrecondition,
             Corrupt => Code::DataLoss,

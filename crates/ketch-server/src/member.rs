@@ -19,13 +19,14 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ketch_mvcc::Store;
+use ketch_lease::{LeaseError, Lessor};
+use ketch_mvcc::{RangeEnd, RangeOptions, Store};
 use ketch_proto::etcdserverpb::{self as pb, InternalRaftRequest, RequestHeader};
 use ketch_raft::eraftpb::{ConfState, Entry, EntryType, SnapshotMetadata};
 use ketch_raft::{RaftConfig, RaftCore, Restored, codec};
@@ -33,7 +34,7 @@ use ketch_wal::{Wal, WalOptions};
 use prost::Message as _;
 use tokio::sync::oneshot;
 
-use crate::apply::{self, NoLeases};
+use crate::apply;
 use crate::error::ServerError;
 use crate::ids::{self, RequestIds};
 use crate::storage::{self, Layout};
@@ -49,6 +50,14 @@ const DURABLE_EVERY_ENTRIES: u64 = 10_000;
 const DURABLE_EVERY: Duration = Duration::from_secs(1);
 /// Raft log entries kept in memory behind a snapshot for lagging followers (etcd's 5000).
 const SNAPSHOT_CATCH_UP_ENTRIES: u64 = 5_000;
+/// Loop turns a lone voter may take to apply its log at start-up (it needs two).
+const START_CATCH_UP_TURNS_MAX: usize = 16;
+/// Expired leases revoked per loop turn (etcd revokes at most 1000 a second).
+const LEASE_REVOKES_PER_TURN_MAX: usize = 100;
+/// Lease checkpoints proposed per loop turn (etcd's batch limit).
+const LEASE_CHECKPOINTS_PER_TURN_MAX: usize = 1000;
+/// Keys read per step when re-attaching keys to leases at start-up.
+const LEASE_ATTACH_SCAN_KEYS: usize = 10_000;
 /// Largest raft append message, in bytes (etcd's 1 MiB).
 const RAFT_MSG_BYTES_MAX: u64 = 1 << 20;
 /// Append messages in flight per follower (etcd's 4096 / 256 by default).
@@ -73,6 +82,9 @@ pub struct MemberConfig {
     pub pre_vote: bool,
     /// etcd's `--experimental-watch-progress-notify-interval`.
     pub watch_progress_notify_interval: Duration,
+    /// Interval between lease checkpoints (etcd's `--experimental-lease-checkpoint-interval`);
+    /// `None` turns checkpointing off, so remaining TTLs reset on restart.
+    pub lease_checkpoint_interval: Option<Duration>,
 }
 
 /// The result of applying one proposal.
@@ -82,6 +94,9 @@ pub enum Applied {
     DeleteRange(pb::DeleteRangeResponse),
     Txn(pb::TxnResponse),
     Compaction(pb::CompactionResponse),
+    LeaseGrant(pb::LeaseGrantResponse),
+    LeaseRevoke(pb::LeaseRevokeResponse),
+    LeaseCheckpoint(pb::LeaseCheckpointResponse),
 }
 
 type Reply = oneshot::Sender<Result<Applied, ServerError>>;
@@ -113,6 +128,23 @@ struct Shared {
     request_timeout: Duration,
     watch_hub: WatchHub,
     watch_progress_notify_interval: Duration,
+    /// Lease bookkeeping: applied state (written only by the raft loop) plus the
+    /// leader's expiry clock.
+    lessor: Mutex<Lessor>,
+    /// The member's monotonic clock: milliseconds since this instant.
+    epoch: Instant,
+    election_ms: u64,
+    lease_checkpoint_interval: Option<Duration>,
+}
+
+impl Shared {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn lessor(&self) -> MutexGuard<'_, Lessor> {
+        self.lessor.lock().expect("lessor lock poisoned")
+    }
 }
 
 /// A cheap, cloneable handle to the running member.
@@ -222,6 +254,8 @@ impl Member {
             core.campaign().map_err(|e| internal("campaign", &e))?;
         }
 
+        let lessor = restore_lessor(&store, &cfg)?;
+
         let (tx, rx) = mpsc::sync_channel(PROPOSAL_QUEUE_MAX);
         let peer_urls = cfg
             .initial_cluster
@@ -250,6 +284,10 @@ impl Member {
             request_timeout: Duration::from_millis(5000 + 2 * cfg.election_ms),
             watch_hub: WatchHub::default(),
             watch_progress_notify_interval: cfg.watch_progress_notify_interval,
+            lessor: Mutex::new(lessor),
+            epoch: Instant::now(),
+            election_ms: cfg.election_ms,
+            lease_checkpoint_interval: cfg.lease_checkpoint_interval,
         });
         let mut raft_loop = RaftLoop {
             core,
@@ -265,7 +303,11 @@ impl Member {
             snapshot_index,
             snapshot_count: cfg.snapshot_count.max(1),
             tick: Duration::from_millis(cfg.heartbeat_ms.max(1)),
+            was_leader: false,
         };
+        // Serve nothing until every entry in the log is applied: the backend may
+        // have rolled back to its last durable commit, and reads must not see that.
+        raft_loop.catch_up_on_start(voters == [member_id])?;
         let handle = std::thread::Builder::new()
             .name("ketch-raft".into())
             .spawn(move || {
@@ -301,6 +343,22 @@ impl Member {
     pub fn max_request_bytes(&self) -> usize {
         self.shared.max_request_bytes
     }
+    /// Runs `f` on the lessor with the member's clock (milliseconds).
+    pub fn with_lessor<T>(&self, f: impl FnOnce(&mut Lessor, u64) -> T) -> T {
+        let now = self.shared.now_ms();
+        f(&mut self.shared.lessor(), now)
+    }
+
+    /// A fresh positive lease ID (etcd's rule for `LeaseGrant` with ID 0).
+    pub fn next_lease_id(&self) -> i64 {
+        loop {
+            let id = (self.shared.ids.next() & (u64::MAX >> 1)) as i64;
+            if id != 0 {
+                return id;
+            }
+        }
+    }
+
     pub fn watch_hub(&self) -> &WatchHub {
         &self.shared.watch_hub
     }
@@ -421,6 +479,8 @@ struct RaftLoop {
     snapshot_index: u64,
     snapshot_count: u64,
     tick: Duration,
+    /// Leadership as last seen, to promote or demote the lessor on changes.
+    was_leader: bool,
 }
 
 fn wal_err(e: ketch_wal::WalError) -> ServerError {
@@ -428,10 +488,31 @@ fn wal_err(e: ketch_wal::WalError) -> ServerError {
 }
 
 impl RaftLoop {
+    /// Applies the whole log before the member serves. A lone voter commits
+    /// everything in its log as soon as its new term's first entry is durable, so
+    /// a few turns suffice.
+    fn catch_up_on_start(&mut self, lone_voter: bool) -> Result<(), ServerError> {
+        self.process_ready()?;
+        if !lone_voter {
+            return Ok(());
+        }
+        for _ in 0..START_CATCH_UP_TURNS_MAX {
+            if self.applied >= self.core.last_index() {
+                self.lease_duties();
+                self.publish();
+                return Ok(());
+            }
+            self.process_ready()?;
+        }
+        Err(ServerError::Internal(format!(
+            "could not apply the log at start-up: applied {} of {}",
+            self.applied,
+            self.core.last_index()
+        )))
+    }
+
     fn run(&mut self) -> Result<(), ServerError> {
         let mut next_tick = Instant::now() + self.tick;
-        // Entries committed but not applied before a restart are applied first.
-        self.process_ready()?;
         while !self.shared.stop_requested.load(Ordering::SeqCst) {
             let wait = next_tick.saturating_duration_since(Instant::now());
             match self.rx.recv_timeout(wait) {
@@ -453,6 +534,7 @@ impl RaftLoop {
                 next_tick += self.tick;
             }
             self.process_ready()?;
+            self.lease_duties();
             if self.applied > self.durable_applied && self.last_durable_at.elapsed() >= DURABLE_EVERY {
                 self.store.batch()?.commit(&[], true)?;
                 self.mark_durable(self.applied, self.durable_term_for(self.applied))?;
@@ -537,7 +619,8 @@ impl RaftLoop {
             let req = InternalRaftRequest::decode(&e.data[..])
                 .map_err(|err| ServerError::Internal(format!("raft entry {} does not decode: {err}", e.index)))?;
             let id = req.header.as_ref().map_or(req.id, |h| h.id);
-            let result = apply_request(&mut batch, &req);
+            let now = self.shared.now_ms();
+            let result = apply_request(&mut batch, &req, &mut self.shared.lessor(), now);
             if let Err(ServerError::Internal(why)) = &result {
                 return Err(ServerError::Internal(format!("applying entry {}: {why}", e.index)));
             }
@@ -589,6 +672,61 @@ impl RaftLoop {
         Ok(())
     }
 
+    /// The leader's lease clock: promote or demote the lessor when leadership
+    /// changes, propose revokes for expired leases and checkpoints when due.
+    fn lease_duties(&mut self) {
+        let leader = self.core.is_leader();
+        let now = self.shared.now_ms();
+        if leader != self.was_leader {
+            let mut lessor = self.shared.lessor();
+            if leader {
+                // etcd extends every lease by an election timeout on promotion.
+                lessor.promote(now, self.shared.election_ms);
+            } else {
+                lessor.demote();
+            }
+            self.was_leader = leader;
+        }
+        if !leader {
+            return;
+        }
+        let (expired, checkpoints) = {
+            let mut lessor = self.shared.lessor();
+            let expired = lessor.expired(now, LEASE_REVOKES_PER_TURN_MAX, ketch_lease::EXPIRED_LEASE_RETRY_MS);
+            let checkpoints = match self.shared.lease_checkpoint_interval {
+                Some(interval) => {
+                    let interval_ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
+                    lessor.checkpoints_due(now, interval_ms, LEASE_CHECKPOINTS_PER_TURN_MAX)
+                }
+                None => Vec::new(),
+            };
+            (expired, checkpoints)
+        };
+        for id in expired {
+            tracing::debug!(lease = id, "lease expired; revoking");
+            self.propose_internal(InternalRaftRequest {
+                lease_revoke: Some(pb::LeaseRevokeRequest { id }),
+                ..Default::default()
+            });
+        }
+        if !checkpoints.is_empty() {
+            let checkpoints =
+                checkpoints.into_iter().map(|(id, remaining_ttl)| pb::LeaseCheckpoint { id, remaining_ttl }).collect();
+            self.propose_internal(InternalRaftRequest {
+                lease_checkpoint: Some(pb::LeaseCheckpointRequest { checkpoints }),
+                ..Default::default()
+            });
+        }
+    }
+
+    /// Proposes a request of the member's own (nobody waits for its answer).
+    fn propose_internal(&mut self, mut req: InternalRaftRequest) {
+        req.header = Some(RequestHeader { id: self.shared.ids.next(), ..Default::default() });
+        if let Err(e) = self.core.propose(req.encode_to_vec()) {
+            tracing::warn!(error = %e, "dropped an internal proposal; it will be retried");
+        }
+    }
+
     fn publish(&self) {
         self.shared.term.store(self.core.term(), Ordering::SeqCst);
         self.shared.leader.store(self.core.leader_id(), Ordering::SeqCst);
@@ -596,18 +734,114 @@ impl RaftLoop {
     }
 }
 
-fn apply_request(batch: &mut ketch_mvcc::Batch<'_>, req: &InternalRaftRequest) -> Result<Applied, ServerError> {
+/// The lessor as the apply layer sees it.
+struct LessorLeases<'a>(&'a mut Lessor);
+
+impl apply::Leases for LessorLeases<'_> {
+    fn exists(&self, id: i64) -> bool {
+        self.0.exists(id)
+    }
+    fn attach(&mut self, key: &[u8], lease: i64) {
+        if lease == 0 {
+            self.0.detach(key);
+        } else if let Err(e) = self.0.attach(key, lease) {
+            // Checked before the write; reaching this is a bug, not bad input.
+            panic!("attaching a key to lease {lease}: {e}");
+        }
+    }
+    fn detach(&mut self, key: &[u8]) {
+        self.0.detach(key);
+    }
+}
+
+fn lease_error(e: LeaseError) -> ServerError {
+    match e {
+        LeaseError::NotFound | LeaseError::Expired => ServerError::LeaseNotFound,
+        LeaseError::AlreadyExists => ServerError::LeaseExists,
+        LeaseError::TtlTooLarge => ServerError::LeaseTtlTooLarge,
+        LeaseError::NotPrimary => ServerError::NotLeader,
+        other => ServerError::Internal(other.to_string()),
+    }
+}
+
+fn store_lease_record(batch: &mut ketch_mvcc::Batch<'_>, lessor: &Lessor, id: i64) -> Result<(), ServerError> {
+    batch.set_lease_record(id, lessor.record(id).as_deref())?;
+    Ok(())
+}
+
+fn apply_request(
+    batch: &mut ketch_mvcc::Batch<'_>,
+    req: &InternalRaftRequest,
+    lessor: &mut Lessor,
+    now_ms: u64,
+) -> Result<Applied, ServerError> {
+    let header = |rev: i64| Some(pb::ResponseHeader { revision: rev, ..Default::default() });
     if let Some(p) = &req.put {
-        return apply::put(batch, p, &NoLeases).map(Applied::Put);
+        return apply::put(batch, p, &mut LessorLeases(lessor)).map(Applied::Put);
     }
     if let Some(d) = &req.delete_range {
-        return apply::delete_range(batch, d).map(Applied::DeleteRange);
+        return apply::delete_range(batch, d, &mut LessorLeases(lessor)).map(Applied::DeleteRange);
     }
     if let Some(t) = &req.txn {
-        return apply::txn(batch, t, &NoLeases).map(Applied::Txn);
+        return apply::txn(batch, t, &mut LessorLeases(lessor)).map(Applied::Txn);
     }
     if let Some(c) = &req.compaction {
         return apply::compact(batch, c).map(Applied::Compaction);
     }
+    if let Some(g) = &req.lease_grant {
+        let granted = lessor.grant(g.id, g.ttl, now_ms).map_err(lease_error)?;
+        store_lease_record(batch, lessor, granted.id)?;
+        let resp = pb::LeaseGrantResponse {
+            header: header(batch.rev()),
+            id: granted.id,
+            ttl: granted.ttl,
+            error: String::new(),
+        };
+        return Ok(Applied::LeaseGrant(resp));
+    }
+    if let Some(r) = &req.lease_revoke {
+        let keys = lessor.revoke(r.id).map_err(lease_error)?;
+        batch.set_lease_record(r.id, None)?;
+        let rev = apply::delete_keys(batch, &keys)?;
+        return Ok(Applied::LeaseRevoke(pb::LeaseRevokeResponse { header: header(rev) }));
+    }
+    if let Some(c) = &req.lease_checkpoint {
+        for cp in &c.checkpoints {
+            if lessor.checkpoint(cp.id, cp.remaining_ttl) {
+                store_lease_record(batch, lessor, cp.id)?;
+            }
+        }
+        return Ok(Applied::LeaseCheckpoint(pb::LeaseCheckpointResponse { header: header(batch.rev()) }));
+    }
     Err(ServerError::Internal("raft entry carries no request this member can apply".into()))
+}
+
+/// Rebuilds the lessor from its records and the keys that name a lease.
+fn restore_lessor(store: &Store, cfg: &MemberConfig) -> Result<Lessor, ServerError> {
+    // etcd: minimum TTL = ceil(1.5 election timeouts), in whole ticks.
+    let election_ticks = (cfg.election_ms / cfg.heartbeat_ms.max(1)).max(1);
+    let min_ttl_ms = (3 * election_ticks / 2) * cfg.heartbeat_ms;
+    let min_ttl_secs = i64::try_from(min_ttl_ms.div_ceil(1000)).unwrap_or(i64::MAX);
+    let records = store.lease_records()?.into_iter().map(|(_, r)| r);
+    let mut lessor =
+        Lessor::restore(records, min_ttl_secs).map_err(|e| ServerError::Internal(format!("lease records: {e}")))?;
+    let view = store.read()?;
+    let mut from = vec![0u8];
+    loop {
+        let opts = RangeOptions { limit: LEASE_ATTACH_SCAN_KEYS, ..Default::default() };
+        let page = view.range(&from, &RangeEnd::Unbounded, opts)?;
+        for kv in page.kvs.iter().filter(|kv| kv.lease != 0) {
+            if lessor.attach(&kv.key, kv.lease).is_err() {
+                tracing::warn!(key = %String::from_utf8_lossy(&kv.key), lease = kv.lease, "key names a lease that no longer exists");
+            }
+        }
+        match page.kvs.last() {
+            Some(last) if page.kvs.len() == LEASE_ATTACH_SCAN_KEYS => {
+                from = last.key.clone();
+                from.push(0);
+            }
+            _ => break,
+        }
+    }
+    Ok(lessor)
 }

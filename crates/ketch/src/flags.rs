@@ -73,6 +73,13 @@ pub struct Flags {
     /// Duration of periodic watch progress notifications (Go duration syntax, e.g. 10m, 30s).
     #[arg(long, env = "ETCD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL", default_value = "10m", value_parser = parse_go_duration)]
     pub experimental_watch_progress_notify_interval: Duration,
+    /// Enable leader to send regular checkpoints to other members to prevent reset of remaining TTL on leader change
+    /// (and, in Ketch, on restart). On by default in Ketch.
+    #[arg(long, env = "ETCD_EXPERIMENTAL_ENABLE_LEASE_CHECKPOINT", default_value = "true", num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set)]
+    pub experimental_enable_lease_checkpoint: bool,
+    /// Duration of time between two lease checkpoints (Go duration syntax).
+    #[arg(long, env = "ETCD_EXPERIMENTAL_LEASE_CHECKPOINT_INTERVAL", default_value = "5m", value_parser = parse_go_duration)]
+    pub experimental_lease_checkpoint_interval: Duration,
     /// Configures log level. Only supports debug, info, warn, error, panic, or fatal.
     #[arg(long, env = "ETCD_LOG_LEVEL", default_value = "info", value_parser = ["debug", "info", "warn", "error", "panic", "fatal"])]
     pub log_level: String,
@@ -270,6 +277,9 @@ impl Flags {
                 "--initial-cluster-state=existing: joining an existing cluster is not available yet; a member with no data starts its own cluster"
             );
         }
+        if self.experimental_lease_checkpoint_interval.is_zero() {
+            bail!("--experimental-lease-checkpoint-interval must be greater than 0");
+        }
         if self.experimental_watch_progress_notify_interval.is_zero() {
             bail!("--experimental-watch-progress-notify-interval must be greater than 0");
         }
@@ -294,6 +304,9 @@ impl Flags {
             quota_backend_bytes: quota,
             pre_vote: self.pre_vote,
             watch_progress_notify_interval: self.experimental_watch_progress_notify_interval,
+            lease_checkpoint_interval: self
+                .experimental_enable_lease_checkpoint
+                .then_some(self.experimental_lease_checkpoint_interval),
         };
         Ok(ServerConfig {
             member,

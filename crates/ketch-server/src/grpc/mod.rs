@@ -2,6 +2,7 @@
 //! and the listener that also answers etcd's HTTP endpoints on the same port.
 
 mod kv;
+mod lease;
 mod maintenance;
 mod watch;
 
@@ -10,6 +11,7 @@ use std::time::Duration;
 
 use ketch_proto::etcdserverpb::cluster_server::ClusterServer;
 use ketch_proto::etcdserverpb::kv_server::KvServer;
+use ketch_proto::etcdserverpb::lease_server::LeaseServer;
 use ketch_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use ketch_proto::etcdserverpb::watch_server::WatchServer;
 use tokio::net::TcpListener;
@@ -43,6 +45,7 @@ pub async fn serve_clients(
             MaintenanceServer::new(maintenance::MaintenanceService::new(member.clone()))
                 .max_decoding_message_size(decode_limit),
         )
+        .add_service(LeaseServer::new(lease::LeaseService::new(member.clone())).max_decoding_message_size(decode_limit))
         .add_service(WatchServer::new(watch::WatchService::new(member.clone())).max_decoding_message_size(decode_limit))
         .add_service(
             ClusterServer::new(maintenance::ClusterService::new(member)).max_decoding_message_size(decode_limit),

@@ -1,0 +1,152 @@
+//! `etcdserverpb.Lease`: grants and revokes go through raft like any write;
+//! keep-alives and time-to-live queries are answered by the leader's lessor.
+
+use std::pin::Pin;
+
+use ketch_lease::LeaseError;
+use ketch_proto::etcdserverpb::{
+    self as pb, InternalRaftRequest, LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest,
+    LeaseKeepAliveResponse, LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse,
+    LeaseTimeToLiveRequest, LeaseTimeToLiveResponse, lease_server::Lease,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::watch::requires_leader;
+use crate::error::ServerError;
+use crate::member::{Applied, Member};
+
+/// Keep-alive responses queued per stream before the stream waits for the client.
+const KEEPALIVE_RESPONSES_QUEUED_MAX: usize = 64;
+
+pub struct LeaseService {
+    member: Member,
+}
+
+impl LeaseService {
+    pub fn new(member: Member) -> LeaseService {
+        LeaseService { member }
+    }
+}
+
+fn unexpected() -> Status {
+    ServerError::Internal("apply answered a lease request with another kind of response".into()).into()
+}
+
+/// Renews a lease for a keep-alive; 0 when the lease is gone (etcd's answer).
+async fn renew(member: &Member, id: i64) -> Result<i64, ServerError> {
+    match member.with_lessor(|lessor, now| lessor.renew(id, now)) {
+        Ok(renewed) => {
+            if renewed.clear_checkpoint {
+                // The checkpointed remaining TTL no longer holds on any member.
+                let cp = pb::LeaseCheckpoint { id, remaining_ttl: 0 };
+                let req = pb::LeaseCheckpointRequest { checkpoints: vec![cp] };
+                member.propose(InternalRaftRequest { lease_checkpoint: Some(req), ..Default::default() }).await?;
+            }
+            Ok(renewed.ttl)
+        }
+        Err(LeaseError::NotFound | LeaseError::Expired) => Ok(0),
+        Err(LeaseError::NotPrimary) => Err(ServerError::NotLeader),
+        Err(e) => Err(ServerError::Internal(e.to_string())),
+    }
+}
+
+#[tonic::async_trait]
+impl Lease for LeaseService {
+    async fn lease_grant(&self, request: Request<LeaseGrantRequest>) -> Result<Response<LeaseGrantResponse>, Status> {
+        let mut r = request.into_inner();
+        if r.id == 0 {
+            r.id = self.member.next_lease_id();
+        }
+        let Applied::LeaseGrant(mut resp) =
+            self.member.propose(InternalRaftRequest { lease_grant: Some(r), ..Default::default() }).await?
+        else {
+            return Err(unexpected());
+        };
+        self.member.fill_header(&mut resp.header);
+        Ok(Response::new(resp))
+    }
+
+    async fn lease_revoke(
+        &self,
+        request: Request<LeaseRevokeRequest>,
+    ) -> Result<Response<LeaseRevokeResponse>, Status> {
+        let r = request.into_inner();
+        let Applied::LeaseRevoke(mut resp) =
+            self.member.propose(InternalRaftRequest { lease_revoke: Some(r), ..Default::default() }).await?
+        else {
+            return Err(unexpected());
+        };
+        self.member.fill_header(&mut resp.header);
+        Ok(Response::new(resp))
+    }
+
+    type LeaseKeepAliveStream =
+        Pin<Box<dyn tokio_stream::Stream<Item = Result<LeaseKeepAliveResponse, Status>> + Send>>;
+
+    async fn lease_keep_alive(
+        &self,
+        request: Request<Streaming<LeaseKeepAliveRequest>>,
+    ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        if requires_leader(request.metadata()) && self.member.raft_status().leader == 0 {
+            return Err(ServerError::NoLeader.into());
+        }
+        let mut incoming = request.into_inner();
+        let (tx, rx) = mpsc::channel(KEEPALIVE_RESPONSES_QUEUED_MAX);
+        let member = self.member.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(req)) = incoming.message().await {
+                let reply = match renew(&member, req.id).await {
+                    Ok(ttl) => {
+                        let mut resp = LeaseKeepAliveResponse { header: None, id: req.id, ttl };
+                        member.fill_header(&mut resp.header);
+                        Ok(resp)
+                    }
+                    Err(e) => Err(Status::from(e)),
+                };
+                let failed = reply.is_err();
+                if tx.send(reply).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        request: Request<LeaseTimeToLiveRequest>,
+    ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        let r = request.into_inner();
+        let found = self.member.with_lessor(|lessor, now| lessor.time_to_live(r.id, now));
+        let mut resp = match found {
+            Ok(t) => LeaseTimeToLiveResponse {
+                header: None,
+                id: r.id,
+                ttl: t.remaining_secs,
+                granted_ttl: t.granted_secs,
+                keys: if r.keys { t.keys } else { Vec::new() },
+            },
+            // etcd answers an unknown lease with TTL -1 rather than an error.
+            Err(LeaseError::NotFound | LeaseError::Expired) => {
+                LeaseTimeToLiveResponse { header: None, id: r.id, ttl: -1, granted_ttl: 0, keys: Vec::new() }
+            }
+            Err(LeaseError::NotPrimary) => return Err(ServerError::NotLeader.into()),
+            Err(e) => return Err(ServerError::Internal(e.to_string()).into()),
+        };
+        self.member.fill_header(&mut resp.header);
+        Ok(Response::new(resp))
+    }
+
+    async fn lease_leases(
+        &self,
+        _request: Request<LeaseLeasesRequest>,
+    ) -> Result<Response<LeaseLeasesResponse>, Status> {
+        let leases = self.member.with_lessor(|lessor, _| lessor.leases());
+        let leases = leases.into_iter().map(|id| pb::LeaseStatus { id }).collect();
+        let mut resp = LeaseLeasesResponse { header: None, leases };
+        self.member.fill_header(&mut resp.header);
+        Ok(Response::new(resp))
+    }
+}
