@@ -358,6 +358,16 @@ impl Lessor {
         self.leases.keys().copied().collect()
     }
 
+    /// All lease IDs in the order etcd's `LeaseLeases` lists them: by expiry,
+    /// soonest first (leases without an expiry, as on a non-primary, last), ties
+    /// by ID.
+    pub fn leases_by_expiry(&self) -> Vec<i64> {
+        let mut ids: Vec<(u64, i64)> =
+            self.leases.iter().map(|(id, l)| (l.expiry_ms.unwrap_or(u64::MAX), *id)).collect();
+        ids.sort_unstable();
+        ids.into_iter().map(|(_, id)| id).collect()
+    }
+
     /// The number of leases.
     pub fn len(&self) -> usize {
         self.leases.len()

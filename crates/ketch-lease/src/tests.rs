@@ -383,3 +383,14 @@ fn promote_does_not_spread_below_the_revoke_rate() {
     l.promote(0, 0);
     assert_eq!(l.expired(10 * SEC, usize::MAX, 60 * SEC).len(), LEASE_REVOKE_RATE - 1);
 }
+
+#[test]
+fn leases_by_expiry_lists_the_soonest_first() {
+    let mut l = Lessor::new(1);
+    l.promote(0, 0);
+    l.grant(1, 100, 0).unwrap();
+    l.grant(2, 10, 0).unwrap();
+    l.grant(3, 50, 0).unwrap();
+    assert_eq!(l.leases_by_expiry(), vec![2, 3, 1]);
+    assert_eq!(l.leases(), vec![1, 2, 3]);
+}

@@ -349,6 +349,11 @@ impl Member {
         f(&mut self.shared.lessor(), now)
     }
 
+    /// How long a request may wait for its proposal (etcd: 5 s + 2 election timeouts).
+    pub fn request_timeout(&self) -> Duration {
+        self.shared.request_timeout
+    }
+
     /// A fresh positive lease ID (etcd's rule for `LeaseGrant` with ID 0).
     pub fn next_lease_id(&self) -> i64 {
         loop {

@@ -2,6 +2,7 @@
 //! keep-alives and time-to-live queries are answered by the leader's lessor.
 
 use std::pin::Pin;
+use std::time::Duration;
 
 use ketch_lease::LeaseError;
 use ketch_proto::etcdserverpb::{
@@ -34,9 +35,19 @@ fn unexpected() -> Status {
     ServerError::Internal("apply answered a lease request with another kind of response".into()).into()
 }
 
+/// How often a keep-alive for an expired lease checks whether its revoke landed.
+const EXPIRED_LEASE_POLL: Duration = Duration::from_millis(10);
+
 /// Renews a lease for a keep-alive; 0 when the lease is gone (etcd's answer).
 async fn renew(member: &Member, id: i64) -> Result<i64, ServerError> {
-    match member.with_lessor(|lessor, now| lessor.renew(id, now)) {
+    let renewed = member.with_lessor(|lessor, now| lessor.renew(id, now));
+    if let Err(LeaseError::Expired) = renewed {
+        // etcd's rule: an expired lease is never renewed, and the answer waits
+        // until its revoke is applied, so the client never sees its keys after
+        // being told it is gone.
+        return wait_for_revoke(member, id).await;
+    }
+    match renewed {
         Ok(renewed) => {
             if renewed.clear_checkpoint {
                 // The checkpointed remaining TTL no longer holds on any member.
@@ -49,6 +60,23 @@ async fn renew(member: &Member, id: i64) -> Result<i64, ServerError> {
         Err(LeaseError::NotFound | LeaseError::Expired) => Ok(0),
         Err(LeaseError::NotPrimary) => Err(ServerError::NotLeader),
         Err(e) => Err(ServerError::Internal(e.to_string())),
+    }
+}
+
+async fn wait_for_revoke(member: &Member, id: i64) -> Result<i64, ServerError> {
+    let deadline = tokio::time::Instant::now() + member.request_timeout();
+    loop {
+        let (exists, primary) = member.with_lessor(|lessor, _| (lessor.exists(id), lessor.is_primary()));
+        if !exists {
+            return Ok(0);
+        }
+        if !primary {
+            return Err(ServerError::NotLeader);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ServerError::Timeout);
+        }
+        tokio::time::sleep(EXPIRED_LEASE_POLL).await;
     }
 }
 
@@ -143,7 +171,7 @@ impl Lease for LeaseService {
         &self,
         _request: Request<LeaseLeasesRequest>,
     ) -> Result<Response<LeaseLeasesResponse>, Status> {
-        let leases = self.member.with_lessor(|lessor, _| lessor.leases());
+        let leases = self.member.with_lessor(|lessor, _| lessor.leases_by_expiry());
         let leases = leases.into_iter().map(|id| pb::LeaseStatus { id }).collect();
         let mut resp = LeaseLeasesResponse { header: None, leases };
         self.member.fill_header(&mut resp.header);
