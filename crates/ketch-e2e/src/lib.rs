@@ -13,7 +13,12 @@
 //!   drop. Children also get `PR_SET_PDEATHSIG(SIGKILL)`, so they die with the
 //!   test process even if it is killed before it can run destructors.
 //! - [`etcdctl`]: runs `/usr/bin/etcdctl` (`ETCDCTL_API=3`) against one endpoint
-//!   with a wall-clock bound.
+//!   with a wall-clock bound; [`spawn_etcdctl`] starts a long-running one
+//!   (`etcdctl watch`) as an [`EtcdctlProcess`] whose output can be waited
+//!   on while it runs, fed on stdin, and which is killed at the end.
+//! - [`Member::watch`] / [`Member::stream_channel`]: clients for long-lived
+//!   streams (no per-request timeout); [`rss_kib`]: a process's resident
+//!   memory (with [`Member::pid`]).
 //! - Normalisation helpers: [`normalize_json_headers`] and [`ClearHeaders`] drop
 //!   `cluster_id`, `member_id` and `raft_term` from every response header
 //!   (nested txn headers included) and keep `revision`;

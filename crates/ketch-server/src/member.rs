@@ -392,15 +392,23 @@ impl Member {
         }
     }
 
-    /// Fills a response header the way etcd's gRPC layer does.
+    /// Fills a response header the way etcd's gRPC layer does (a revision left
+    /// at 0 becomes the current one).
     pub fn fill_header(&self, header: &mut Option<pb::ResponseHeader>) {
+        self.fill_header_ids(header);
+        if let Some(h) = header
+            && h.revision == 0
+        {
+            h.revision = self.shared.store.current_revision();
+        }
+    }
+
+    /// Fills the cluster, member and term of a header, leaving its revision.
+    pub fn fill_header_ids(&self, header: &mut Option<pb::ResponseHeader>) {
         let h = header.get_or_insert_with(Default::default);
         h.cluster_id = self.shared.cluster_id;
         h.member_id = self.shared.member_id;
         h.raft_term = self.shared.term.load(Ordering::SeqCst);
-        if h.revision == 0 {
-            h.revision = self.shared.store.current_revision();
-        }
     }
 
     /// Runs `f` on a read view of the store off the async runtime.

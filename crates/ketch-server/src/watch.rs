@@ -84,6 +84,11 @@ impl KeyRange {
         KeyRange { key, end: RangeEnd::from_etcd(range_end) }
     }
 
+    /// The one key watched, when the range is a single key.
+    pub fn single_key(&self) -> Option<&[u8]> {
+        matches!(self.end, RangeEnd::Single).then_some(self.key.as_slice())
+    }
+
     pub fn contains(&self, k: &[u8]) -> bool {
         match &self.end {
             RangeEnd::Single => k == self.key.as_slice(),

@@ -1,7 +1,7 @@
 //! `etcdserverpb.Watch`: one task per bidirectional stream, multiplexing that
 //! stream's watchers over the [`crate::watch`] hub and the MVCC history.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use ketch_mvcc::{Event, EventKind, RangeEnd, RangeOptions};
@@ -26,7 +26,7 @@ const WATCHERS_PER_STREAM_MAX: usize = 100_000;
 /// Events read from history per catch-up step (whole revisions, so maybe a few more).
 const CATCH_UP_EVENTS_MAX: usize = 1000;
 
-const CANCEL_REASON_COMPACTED: &str = "mvcc: required revision has been compacted";
+const CANCEL_REASON_EMPTY_RANGE: &str = "mvcc: watcher range is empty";
 const CANCEL_REASON_DUPLICATE_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
 
 pub struct WatchService {
@@ -54,8 +54,19 @@ impl Watch for WatchService {
         }
         let incoming = request.into_inner();
         let (out, rx) = mpsc::channel(WATCH_RESPONSES_QUEUED_MAX);
+        // Subscribe before reading the revision: nothing after it can be missed.
         let published = self.member.watch_hub().subscribe();
-        let stream = WatchStream { member: self.member.clone(), out, watchers: BTreeMap::new(), next_auto_id: 0 };
+        let synced_next = self.member.store().current_revision() + 1;
+        let stream = WatchStream {
+            member: self.member.clone(),
+            out,
+            watchers: BTreeMap::new(),
+            synced: SyncedIndex::default(),
+            unsynced: BTreeSet::new(),
+            compacted: BTreeSet::new(),
+            synced_next,
+            next_auto_id: 0,
+        };
         tokio::spawn(stream.run(incoming, published));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
@@ -63,11 +74,50 @@ impl Watch for WatchService {
 
 struct Watcher {
     filter: Filter,
-    /// The next revision this watcher owes its client.
+    /// The next revision this watcher owes its client. Meaningful only while
+    /// the watcher is unsynced; synced watchers all owe `synced_next`.
     next_rev: i64,
+    synced: bool,
     prev_kv: bool,
     progress_notify: bool,
     fragment: bool,
+}
+
+/// Finds the synced watchers an event concerns without visiting the others:
+/// single-key watchers by key, range watchers by a scan of those alone.
+#[derive(Default)]
+struct SyncedIndex {
+    by_key: HashMap<Vec<u8>, BTreeSet<i64>>,
+    ranged: BTreeSet<i64>,
+}
+
+impl SyncedIndex {
+    fn insert(&mut self, id: i64, filter: &Filter) {
+        match filter.range.single_key() {
+            Some(k) => {
+                self.by_key.entry(k.to_vec()).or_default().insert(id);
+            }
+            None => {
+                self.ranged.insert(id);
+            }
+        }
+    }
+
+    fn remove(&mut self, id: i64, filter: &Filter) {
+        match filter.range.single_key() {
+            Some(k) => {
+                if let Some(ids) = self.by_key.get_mut(k) {
+                    ids.remove(&id);
+                    if ids.is_empty() {
+                        self.by_key.remove(k);
+                    }
+                }
+            }
+            None => {
+                self.ranged.remove(&id);
+            }
+        }
+    }
 }
 
 /// The client went away: stop serving the stream.
@@ -77,6 +127,15 @@ struct WatchStream {
     member: Member,
     out: mpsc::Sender<Result<WatchResponse, Status>>,
     watchers: BTreeMap<i64, Watcher>,
+    synced: SyncedIndex,
+    /// Watchers not in the synced group, so a turn never visits every watcher.
+    unsynced: BTreeSet<i64>,
+    /// Watchers canceled by compaction: as in etcd, their IDs stay taken until
+    /// the client cancels them.
+    compacted: BTreeSet<i64>,
+    /// The revision the synced watchers owe next: every revision before it has
+    /// been delivered to all of them.
+    synced_next: i64,
     next_auto_id: i64,
 }
 
@@ -96,11 +155,8 @@ impl WatchStream {
                 },
                 batch = published.recv() => match batch {
                     Ok(batch) => self.on_revision(&batch).await,
-                    // Dropped messages: everyone behind catches up from history.
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        let to = self.member.store().current_revision();
-                        self.catch_up(to).await
-                    }
+                    // Dropped messages: everyone catches up from history.
+                    Err(broadcast::error::RecvError::Lagged(_)) => self.sync_all().await.map(|_| ()),
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
                 _ = progress.tick() => self.on_progress_tick().await,
@@ -112,7 +168,8 @@ impl WatchStream {
     }
 
     async fn send(&self, mut resp: WatchResponse) -> Result<(), Gone> {
-        self.member.fill_header(&mut resp.header);
+        // Watch responses carry the revision they were built for, even 0.
+        self.member.fill_header_ids(&mut resp.header);
         self.out.send(Ok(resp)).await.map_err(|_| Gone)
     }
 
@@ -124,12 +181,68 @@ impl WatchStream {
         }
     }
 
+    fn remove(&mut self, id: i64) -> bool {
+        match self.watchers.remove(&id) {
+            Some(w) => {
+                if w.synced {
+                    self.synced.remove(id, &w.filter);
+                } else {
+                    self.unsynced.remove(&id);
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn id_taken(&self, id: i64) -> bool {
+        self.watchers.contains_key(&id) || self.compacted.contains(&id)
+    }
+
+    /// Moves every synced watcher to the unsynced side, owing `synced_next`.
+    fn unsync_all(&mut self) {
+        let synced_next = self.synced_next;
+        for (id, w) in self.watchers.iter_mut().filter(|(_, w)| w.synced) {
+            w.synced = false;
+            w.next_rev = synced_next;
+            self.unsynced.insert(*id);
+        }
+        self.synced = SyncedIndex::default();
+    }
+
+    /// Unsynced watchers that owe exactly `synced_next` join the synced group.
+    fn join_synced(&mut self) {
+        let synced_next = self.synced_next;
+        let watchers = &mut self.watchers;
+        let synced = &mut self.synced;
+        self.unsynced.retain(|id| match watchers.get_mut(id) {
+            Some(w) if w.next_rev == synced_next => {
+                w.synced = true;
+                synced.insert(*id, &w.filter);
+                false
+            }
+            Some(_) => true,
+            None => false,
+        });
+    }
+
+    /// Brings every watcher up to the store's current revision from history and
+    /// makes them all synced there; returns that revision.
+    async fn sync_all(&mut self) -> Result<i64, Gone> {
+        let to = self.member.store().current_revision();
+        self.unsync_all();
+        self.catch_up(to).await?;
+        self.synced_next = self.synced_next.max(to + 1);
+        self.join_synced();
+        Ok(to)
+    }
+
     async fn on_request(&mut self, req: WatchRequest) -> Result<(), Gone> {
         match req.request_union {
             Some(RequestUnion::CreateRequest(c)) => self.create(c).await,
             Some(RequestUnion::CancelRequest(c)) => {
                 // etcd answers nothing for an unknown watch id.
-                if self.watchers.remove(&c.watch_id).is_some() {
+                if self.remove(c.watch_id) || self.compacted.remove(&c.watch_id) {
                     let rev = self.member.store().current_revision();
                     let resp = WatchResponse { canceled: true, ..self.response(c.watch_id, rev) };
                     self.send(resp).await?;
@@ -139,8 +252,7 @@ impl WatchStream {
             Some(RequestUnion::ProgressRequest(_)) => {
                 // Answer only once every watcher has been sent all it is owed, so
                 // the revision promises that nothing up to it is still coming.
-                let rev = self.member.store().current_revision();
-                self.catch_up(rev).await?;
+                let rev = self.sync_all().await?;
                 self.send(self.response(-1, rev)).await
             }
             None => Ok(()),
@@ -149,19 +261,24 @@ impl WatchStream {
 
     async fn create(&mut self, c: WatchCreateRequest) -> Result<(), Gone> {
         let rev = self.member.store().current_revision();
-        let id = if c.watch_id == 0 {
-            while self.watchers.contains_key(&self.next_auto_id) {
+        // etcd's order: an empty range first, then the ID.
+        let key = if c.key.is_empty() { &[0u8][..] } else { c.key.as_slice() };
+        let empty_range = !c.range_end.is_empty() && c.range_end != [0] && key >= c.range_end.as_slice();
+        let id = if empty_range {
+            Err(CANCEL_REASON_EMPTY_RANGE.to_string())
+        } else if c.watch_id == 0 {
+            while self.id_taken(self.next_auto_id) {
                 self.next_auto_id += 1;
             }
             self.next_auto_id += 1;
             Ok(self.next_auto_id - 1)
-        } else if self.watchers.contains_key(&c.watch_id) {
+        } else if self.id_taken(c.watch_id) {
             Err(CANCEL_REASON_DUPLICATE_ID.to_string())
         } else {
             Ok(c.watch_id)
         };
         let id = match id {
-            Ok(_) if self.watchers.len() >= WATCHERS_PER_STREAM_MAX => {
+            Ok(_) if self.watchers.len() + self.compacted.len() >= WATCHERS_PER_STREAM_MAX => {
                 Err(format!("ketch: a watch stream holds at most {WATCHERS_PER_STREAM_MAX} watchers"))
             }
             other => other,
@@ -180,27 +297,53 @@ impl WatchStream {
             no_delete: c.filters.contains(&(FilterType::Nodelete as i32)),
         };
         let next_rev = if c.start_revision == 0 { rev + 1 } else { c.start_revision };
-        let watcher =
-            Watcher { filter, next_rev, prev_kv: c.prev_kv, progress_notify: c.progress_notify, fragment: c.fragment };
+        let watcher = Watcher {
+            filter,
+            next_rev,
+            synced: false,
+            prev_kv: c.prev_kv,
+            progress_notify: c.progress_notify,
+            fragment: c.fragment,
+        };
         self.watchers.insert(id, watcher);
+        self.unsynced.insert(id);
         self.send(WatchResponse { created: true, ..self.response(id, rev) }).await?;
-        if next_rev <= rev { self.catch_up(rev).await } else { Ok(()) }
+        if next_rev <= rev {
+            self.catch_up(rev).await?;
+        }
+        self.join_synced();
+        Ok(())
     }
 
     /// A newly published revision: watchers behind it catch up from history
-    /// first; watchers waiting for exactly this revision get it from memory.
+    /// first; then the synced ones get it from memory, through the index.
     async fn on_revision(&mut self, batch: &RevisionEvents) -> Result<(), Gone> {
-        if self.watchers.values().any(|w| w.next_rev < batch.rev) {
+        if batch.rev < self.synced_next {
+            return Ok(()); // already delivered from history
+        }
+        if batch.rev > self.synced_next {
+            // The broadcast skipped revisions for this stream.
+            self.unsync_all();
+            self.synced_next = batch.rev;
+        }
+        if self.unsynced.iter().any(|id| self.watchers.get(id).is_some_and(|w| w.next_rev < batch.rev)) {
             self.catch_up(batch.rev - 1).await?;
         }
-        let due: Vec<i64> = self.watchers.iter().filter(|(_, w)| w.next_rev == batch.rev).map(|(id, _)| *id).collect();
-        for id in due {
-            let Some(w) = self.watchers.get_mut(&id) else { continue };
-            w.next_rev = batch.rev + 1;
-            let events: Vec<Event> = batch.events.iter().filter(|e| w.filter.wants(e)).cloned().collect();
-            if events.is_empty() {
-                continue;
+        self.join_synced();
+        let mut due: BTreeMap<i64, Vec<Event>> = BTreeMap::new();
+        for ev in &batch.events {
+            let keyed = self.synced.by_key.get(&ev.kv.key).into_iter().flatten();
+            for id in keyed.chain(self.synced.ranged.iter()) {
+                if let Some(w) = self.watchers.get(id)
+                    && w.filter.wants(ev)
+                {
+                    due.entry(*id).or_default().push(ev.clone());
+                }
             }
+        }
+        self.synced_next = batch.rev + 1;
+        for (id, events) in due {
+            let Some(w) = self.watchers.get(&id) else { continue };
             let (prev_kv, fragment) = (w.prev_kv, w.fragment);
             let events = self.to_pb_events(events, prev_kv).await?;
             self.send_events(id, batch.rev, events, fragment).await?;
@@ -208,13 +351,20 @@ impl WatchStream {
         Ok(())
     }
 
-    /// Brings every watcher that is behind up to revision `to`, from history.
+    /// Brings every unsynced watcher that is behind up to revision `to`, from history.
     async fn catch_up(&mut self, to: i64) -> Result<(), Gone> {
         loop {
-            let Some(from) = self.watchers.values().map(|w| w.next_rev).filter(|&r| r <= to).min() else {
+            let ids: Vec<i64> = self
+                .unsynced
+                .iter()
+                .filter(|id| self.watchers.get(id).is_some_and(|w| w.next_rev <= to))
+                .copied()
+                .collect();
+            let behind = || ids.iter().filter_map(|id| self.watchers.get(id));
+            let Some(from) = behind().map(|w| w.next_rev).min() else {
                 return Ok(());
             };
-            let want_prev = self.watchers.values().any(|w| w.next_rev <= to && w.prev_kv);
+            let want_prev = behind().any(|w| w.prev_kv);
             let read = self
                 .member
                 .read(move |view| {
@@ -228,17 +378,14 @@ impl WatchStream {
                 // The store is unreadable (the member is stopping): end the stream.
                 return Err(Gone);
             };
-            let behind: Vec<i64> = self.watchers.iter().filter(|(_, w)| w.next_rev <= to).map(|(id, _)| *id).collect();
-            for id in behind {
+            for id in ids {
                 let Some(w) = self.watchers.get_mut(&id) else { continue };
                 if w.next_rev < compact {
-                    self.watchers.remove(&id);
-                    let resp = WatchResponse {
-                        canceled: true,
-                        compact_revision: compact,
-                        cancel_reason: CANCEL_REASON_COMPACTED.to_string(),
-                        ..self.response(id, 0)
-                    };
+                    self.remove(id);
+                    self.compacted.insert(id);
+                    // etcd 3.4: the revision is the compaction point, the header
+                    // revision 0, and no cancel_reason (clients key on compact_revision).
+                    let resp = WatchResponse { canceled: true, compact_revision: compact, ..self.response(id, 0) };
                     self.send(resp).await?;
                     continue;
                 }
@@ -261,10 +408,11 @@ impl WatchStream {
     }
 
     async fn on_progress_tick(&mut self) -> Result<(), Gone> {
-        let rev = self.member.store().current_revision();
-        let synced: Vec<i64> =
-            self.watchers.iter().filter(|(_, w)| w.progress_notify && w.next_rev > rev).map(|(id, _)| *id).collect();
-        for id in synced {
+        // Synced watchers have everything before `synced_next`.
+        let rev = self.synced_next - 1;
+        let due: Vec<i64> =
+            self.watchers.iter().filter(|(_, w)| w.synced && w.progress_notify).map(|(id, _)| *id).collect();
+        for id in due {
             self.send(self.response(id, rev)).await?;
         }
         Ok(())
