@@ -26,6 +26,8 @@ const WATCHERS_PER_STREAM_MAX: usize = 100_000;
 /// Events read from history per catch-up step (whole revisions, so maybe a few more).
 const CATCH_UP_EVENTS_MAX: usize = 1000;
 
+/// Field number of `WatchResponse.events`, for sizing fragments.
+const WATCH_RESPONSE_EVENTS_TAG: u32 = 11;
 const CANCEL_REASON_EMPTY_RANGE: &str = "mvcc: watcher range is empty";
 const CANCEL_REASON_DUPLICATE_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
 
@@ -430,26 +432,30 @@ impl WatchStream {
     }
 
     /// Sends one watcher's events, split into fragments only if it asked for them
-    /// and the response would exceed the request size limit (etcd's rule).
+    /// and the response reaches the request size limit (etcd's `sendFragments`:
+    /// each fragment takes events while it stays under the limit, at least one).
     async fn send_events(&self, id: i64, rev: i64, events: Vec<mvccpb::Event>, fragment: bool) -> Result<(), Gone> {
-        let resp = WatchResponse { events, ..self.response(id, rev) };
-        let limit = self.member.max_request_bytes();
-        if !fragment || resp.encoded_len() <= limit {
-            return self.send(resp).await;
+        let whole = WatchResponse { events, ..self.response(id, rev) };
+        // etcd's watch server fragments at the request limit plus gRPC's overhead allowance.
+        let limit = self.member.max_request_bytes().saturating_add(super::GRPC_OVERHEAD_BYTES);
+        if !fragment || whole.encoded_len() < limit || whole.events.len() < 2 {
+            return self.send(whole).await;
         }
-        let mut chunks: Vec<Vec<mvccpb::Event>> = Vec::new();
-        let mut size = 0;
-        for ev in resp.events {
-            let len = ev.encoded_len();
-            match chunks.last_mut() {
-                Some(chunk) if size + len <= limit => chunk.push(ev),
-                _ => chunks.push(vec![ev]),
+        let base = WatchResponse { events: Vec::new(), fragment: true, ..whole.clone() }.encoded_len();
+        let mut events = whole.events.into_iter().peekable();
+        while events.peek().is_some() {
+            let mut chunk = Vec::new();
+            let mut size = base;
+            while let Some(ev) = events.peek() {
+                let len = prost::encoding::message::encoded_len(WATCH_RESPONSE_EVENTS_TAG, ev);
+                if !chunk.is_empty() && size + len >= limit {
+                    break;
+                }
+                size += len;
+                chunk.extend(events.next());
             }
-            size = if chunks.last().is_some_and(|c| c.len() == 1) { len } else { size + len };
-        }
-        let n = chunks.len();
-        for (i, events) in chunks.into_iter().enumerate() {
-            self.send(WatchResponse { events, fragment: i + 1 < n, ..self.response(id, rev) }).await?;
+            let more = events.peek().is_some();
+            self.send(WatchResponse { events: chunk, fragment: more, ..self.response(id, rev) }).await?;
         }
         Ok(())
     }
