@@ -78,6 +78,53 @@ pub fn decode(bytes: &[u8]) -> Result<Record, MvccError> {
     })
 }
 
+/// The bytes etcd's backend holds for a revision, which its `HashKV` hashes:
+/// the key is `main` (8 bytes big-endian), `_`, `sub` (8 bytes big-endian), plus
+/// `t` for a tombstone; the value is the protobuf encoding of `mvccpb.KeyValue`
+/// (fields 1 key, 2 create_revision, 3 mod_revision, 4 version, 5 value,
+/// 6 lease; zero fields omitted), with only the key for a tombstone.
+pub fn etcd_hash_bytes(main: i64, sub: i64, rec: &Record) -> (Vec<u8>, Vec<u8>) {
+    let mut key = Vec::with_capacity(18);
+    key.extend_from_slice(&main.to_be_bytes());
+    key.push(b'_');
+    key.extend_from_slice(&sub.to_be_bytes());
+    let mut value = Vec::with_capacity(rec.key.len() + rec.value.len() + 40);
+    put_bytes(&mut value, 1, &rec.key);
+    if rec.tombstone {
+        key.push(b't');
+        return (key, value);
+    }
+    put_varint_field(&mut value, 2, rec.create_revision);
+    put_varint_field(&mut value, 3, main);
+    put_varint_field(&mut value, 4, rec.version);
+    put_bytes(&mut value, 5, &rec.value);
+    put_varint_field(&mut value, 6, rec.lease);
+    (key, value)
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn put_varint_field(out: &mut Vec<u8>, field: u64, v: i64) {
+    if v != 0 {
+        put_varint(out, field << 3);
+        put_varint(out, v as u64);
+    }
+}
+
+fn put_bytes(out: &mut Vec<u8>, field: u64, bytes: &[u8]) {
+    if !bytes.is_empty() {
+        put_varint(out, (field << 3) | 2);
+        put_varint(out, bytes.len() as u64);
+        out.extend_from_slice(bytes);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

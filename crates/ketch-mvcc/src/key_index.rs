@@ -113,6 +113,29 @@ impl KeyIndex {
         Some(Found { modified: g.revs[n], created: g.created, version: g.ver - after })
     }
 
+    /// etcd's `keyIndex.keep`: the revision a compaction at `at` would keep for
+    /// this key, without compacting (nothing for a tombstone).
+    fn keep(&self, at: i64, keep: &mut HashSet<Revision>) {
+        if self.generations.is_empty() || self.is_empty() {
+            return;
+        }
+        let mut gen_idx = 0;
+        while gen_idx < self.generations.len() - 1 {
+            let g = &self.generations[gen_idx];
+            if g.revs[g.revs.len() - 1].main > at {
+                break;
+            }
+            gen_idx += 1;
+        }
+        let g = &self.generations[gen_idx];
+        if let Some(i) = g.last_at_or_before(at) {
+            let tombstone = i == g.revs.len() - 1 && gen_idx != self.generations.len() - 1;
+            if !tombstone {
+                keep.insert(g.revs[i]);
+            }
+        }
+    }
+
     /// etcd's `keyIndex.compact`: keeps what reads at `at` and later need, records
     /// the revisions to keep in `keep`.
     fn compact(&mut self, at: i64, keep: &mut HashSet<Revision>) {
@@ -220,6 +243,15 @@ impl TreeIndex {
             ki.compact(at, &mut keep);
             !ki.is_empty() && !ki.generations.is_empty()
         });
+        keep
+    }
+
+    /// The revisions a compaction at `at` would keep (etcd's `treeIndex.Keep`).
+    pub fn keep(&self, at: i64) -> HashSet<Revision> {
+        let mut keep = HashSet::new();
+        for ki in self.keys.values() {
+            ki.keep(at, &mut keep);
+        }
         keep
     }
 

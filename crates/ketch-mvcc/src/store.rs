@@ -355,6 +355,39 @@ impl ReadTxn<'_> {
         range_in(&self.state, &table, key, end, self.state.current_rev, opts)
     }
 
+    /// etcd's `HashKV`: a CRC-32C over the history up to `rev` (0 = current), in
+    /// etcd's own byte layout (revision keys `main_sub[t]` and protobuf-encoded
+    /// key-values, see [`crate::codec::etcd_hash_bytes`]), so that the same
+    /// history hashes the same on Ketch and on etcd. Returns the hash, the
+    /// current revision and the compaction point.
+    pub fn hash_kv(&self, rev: i64) -> Result<(u32, i64, i64), MvccError> {
+        let (compact, current) = (self.state.compact_rev, self.state.current_rev);
+        if rev > 0 && rev <= compact {
+            return Err(MvccError::Compacted);
+        }
+        if rev > 0 && rev > current {
+            return Err(MvccError::FutureRev);
+        }
+        let rev = if rev == 0 { current } else { rev };
+        let keep = self.state.index.keep(rev);
+        let table = self.txn.open_table(KV)?;
+        let mut crc = crc32c::crc32c(b"key");
+        let upto = Revision { main: rev, sub: i64::MAX }.table_key();
+        for item in table.range(..=upto)? {
+            let (k, v) = item?;
+            let (main, sub) = k.value();
+            let r = Revision { main: main as i64, sub: sub as i64 };
+            if r.main <= compact && !keep.is_empty() && !keep.contains(&r) {
+                continue;
+            }
+            let rec = codec::decode(v.value())?;
+            let (key_bytes, value_bytes) = codec::etcd_hash_bytes(r.main, r.sub, &rec);
+            crc = crc32c::crc32c_append(crc, &key_bytes);
+            crc = crc32c::crc32c_append(crc, &value_bytes);
+        }
+        Ok((crc, current, compact))
+    }
+
     /// The history of revisions `from..=to`, in revision order, as events. Stops
     /// early, at a revision boundary, once at least `max_events` are collected;
     /// returns the events and the last revision they fully cover. The caller

@@ -74,8 +74,15 @@ impl Maintenance for MaintenanceService {
         Err(not_yet("hash"))
     }
 
-    async fn hash_kv(&self, _: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
-        Err(not_yet("hashkv"))
+    /// etcd's `HashKV`, byte-compatible: the same history gives the same hash on
+    /// Ketch and etcd, so `endpoint hashkv` can compare members of either kind.
+    async fn hash_kv(&self, request: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
+        let rev = request.into_inner().revision;
+        let (hash, current, compact) = self.member.read(move |view| Ok(view.hash_kv(rev)?)).await?;
+        let header = Some(pb::ResponseHeader { revision: current, ..Default::default() });
+        let mut resp = HashKvResponse { header, hash, compact_revision: compact };
+        self.member.fill_header(&mut resp.header);
+        Ok(Response::new(resp))
     }
 
     type SnapshotStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
