@@ -918,6 +918,65 @@ pub fn readable_debug(text: &str) -> String {
     out
 }
 
+/// The seed of a randomized test: `KETCH_SEED` if set (to replay a run), else
+/// fresh from the clock. Tests print it before they start.
+pub fn seed() -> u64 {
+    match std::env::var("KETCH_SEED") {
+        Ok(s) => s.trim().parse().unwrap_or_else(|e| panic!("KETCH_SEED={s:?} is not a u64: {e}")),
+        Err(_) => {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock before 1970").as_nanos()
+                as u64
+        }
+    }
+}
+
+/// Whether the environment variable `name` is set to something other than "" or "0".
+pub fn env_flag(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+/// Like clientv3's `GetPrefixRangeEnd`: the first key after every key with
+/// prefix `p` (`"\0"`, i.e. "to the end", if there is none).
+pub fn prefix_end(p: &[u8]) -> Vec<u8> {
+    let mut end = p.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// Field-by-field differences between two JSON values (etcd's first), as
+/// `path: etcd=… ketch=…` lines.
+pub fn json_diff(path: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            for k in keys {
+                let p = format!("{path}.{k}");
+                match (x.get(k), y.get(k)) {
+                    (Some(va), Some(vb)) => json_diff(&p, va, vb, out),
+                    (Some(va), None) => out.push(format!("{p}: etcd={va} ketch=<absent>")),
+                    (None, Some(vb)) => out.push(format!("{p}: etcd=<absent> ketch={vb}")),
+                    (None, None) => {}
+                }
+            }
+        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
+            for (i, (va, vb)) in x.iter().zip(y).enumerate() {
+                json_diff(&format!("{path}[{i}]"), va, vb, out);
+            }
+        }
+        _ if a != b => out.push(format!("{path}: etcd={a} ketch={b}")),
+        _ => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

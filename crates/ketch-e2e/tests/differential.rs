@@ -27,9 +27,8 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use ketch_e2e::{ClearHeaders, Member, readable, subject_kind};
+use ketch_e2e::{ClearHeaders, Member, env_flag, prefix_end, readable, seed, subject_kind};
 use ketch_proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, Compare, DeleteRangeRequest, DeleteRangeResponse, HashKvRequest,
     LeaseGrantRequest, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp, TxnRequest, TxnResponse,
@@ -104,19 +103,6 @@ enum Resp {
 
 /// `Ok(response)` or `Err((gRPC code, message))`.
 type Outcome = Result<Resp, (tonic::Code, String)>;
-
-/// Like clientv3's `GetPrefixRangeEnd`: the first key after every key with
-/// prefix `p` (`"\0"`, i.e. "to the end", if there is none).
-fn prefix_end(p: &[u8]) -> Vec<u8> {
-    let mut end = p.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
-}
 
 struct Gen {
     rng: StdRng,
@@ -663,17 +649,6 @@ async fn grant_lease(etcd: &Member, subject: &Member) -> bool {
         }
     }
     ok
-}
-
-fn seed() -> u64 {
-    match std::env::var("KETCH_SEED") {
-        Ok(s) => s.trim().parse().unwrap_or_else(|e| panic!("KETCH_SEED={s:?} is not a u64: {e}")),
-        Err(_) => SystemTime::now().duration_since(UNIX_EPOCH).expect("clock before 1970").as_nanos() as u64,
-    }
-}
-
-fn env_flag(name: &str) -> bool {
-    std::env::var(name).is_ok_and(|v| !v.is_empty() && v != "0")
 }
 
 /// `HashKV` at `rev`: (hash, compact revision, header revision), or the error.

@@ -17,7 +17,7 @@
 //! cannot express `lease(...)` compares (etcdctl panics client-side) or
 //! nested txns; those are covered over gRPC by `differential.rs`.
 
-use ketch_e2e::{Member, Output, etcdctl, normalize_etcdctl_text, parse_normalized_json, subject_kind};
+use ketch_e2e::{Member, Output, etcdctl, json_diff, normalize_etcdctl_text, parse_normalized_json, subject_kind};
 use serde_json::Value;
 
 struct Pair {
@@ -29,33 +29,6 @@ struct Pair {
 fn wants_json(args: &[&str]) -> bool {
     args.windows(2).any(|w| w == ["-w", "json"] || w == ["--write-out", "json"])
         || args.iter().any(|a| *a == "-w=json" || *a == "--write-out=json")
-}
-
-/// Field-by-field differences between two JSON values, as `path: a != b`.
-fn json_diff(path: &str, a: &Value, b: &Value, out: &mut Vec<String>) {
-    match (a, b) {
-        (Value::Object(x), Value::Object(y)) => {
-            let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
-            keys.sort();
-            keys.dedup();
-            for k in keys {
-                let p = format!("{path}.{k}");
-                match (x.get(k), y.get(k)) {
-                    (Some(va), Some(vb)) => json_diff(&p, va, vb, out),
-                    (Some(va), None) => out.push(format!("{p}: etcd={va} ketch=<absent>")),
-                    (None, Some(vb)) => out.push(format!("{p}: etcd=<absent> ketch={vb}")),
-                    (None, None) => {}
-                }
-            }
-        }
-        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
-            for (i, (va, vb)) in x.iter().zip(y).enumerate() {
-                json_diff(&format!("{path}[{i}]"), va, vb, out);
-            }
-        }
-        _ if a != b => out.push(format!("{path}: etcd={a} ketch={b}")),
-        _ => {}
-    }
 }
 
 impl Pair {

@@ -42,7 +42,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use ketch_e2e::{
-    EtcdctlProcess, Member, Output, etcdctl, normalize_etcdctl_text, normalize_json_headers, spawn_etcdctl,
+    EtcdctlProcess, Member, Output, etcdctl, json_diff, normalize_etcdctl_text, normalize_json_headers, spawn_etcdctl,
     subject_kind,
 };
 use serde_json::Value;
@@ -254,33 +254,6 @@ fn reconcile_remaining_json(e: &Value, s: &mut Value) {
         && (ev - sv).abs() == 1
     {
         s["ttl"] = Value::from(ev);
-    }
-}
-
-/// Field-by-field differences between two JSON values, as `path: a != b`.
-fn json_diff(path: &str, a: &Value, b: &Value, out: &mut Vec<String>) {
-    match (a, b) {
-        (Value::Object(x), Value::Object(y)) => {
-            let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
-            keys.sort();
-            keys.dedup();
-            for k in keys {
-                let p = format!("{path}.{k}");
-                match (x.get(k), y.get(k)) {
-                    (Some(va), Some(vb)) => json_diff(&p, va, vb, out),
-                    (Some(va), None) => out.push(format!("{p}: etcd={va} ketch=<absent>")),
-                    (None, Some(vb)) => out.push(format!("{p}: etcd=<absent> ketch={vb}")),
-                    (None, None) => {}
-                }
-            }
-        }
-        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
-            for (i, (va, vb)) in x.iter().zip(y).enumerate() {
-                json_diff(&format!("{path}[{i}]"), va, vb, out);
-            }
-        }
-        _ if a != b => out.push(format!("{path}: etcd={a} ketch={b}")),
-        _ => {}
     }
 }
 

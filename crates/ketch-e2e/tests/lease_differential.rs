@@ -46,9 +46,9 @@
 //!   stopping at the first one; the test still fails at the end.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use ketch_e2e::{ClearHeaders, Member, readable, subject_kind};
+use ketch_e2e::{ClearHeaders, Member, env_flag, readable, seed, subject_kind};
 use ketch_proto::etcdserverpb::{
     Compare, DeleteRangeRequest, DeleteRangeResponse, LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest,
     LeaseKeepAliveResponse, LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse,
@@ -695,17 +695,6 @@ fn revision(resp: &Resp) -> i64 {
         Resp::Range(r) => &r.header,
     };
     header.as_ref().map_or(0, |h| h.revision)
-}
-
-fn seed() -> u64 {
-    match std::env::var("KETCH_SEED") {
-        Ok(s) => s.trim().parse().unwrap_or_else(|e| panic!("KETCH_SEED={s:?} is not a u64: {e}")),
-        Err(_) => SystemTime::now().duration_since(UNIX_EPOCH).expect("clock before 1970").as_nanos() as u64,
-    }
-}
-
-fn env_flag(name: &str) -> bool {
-    std::env::var(name).is_ok_and(|v| !v.is_empty() && v != "0")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

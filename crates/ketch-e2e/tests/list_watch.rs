@@ -23,12 +23,12 @@
 //! `KETCH_SEED=<n>` replays a run.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use etcd_client::{
     Client, CompactionOptions, DeleteOptions, EventType, GetOptions, WatchOptions, WatchResponse, WatchStream,
 };
-use ketch_e2e::{Member, subject_kind};
+use ketch_e2e::{Member, seed, subject_kind};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -36,13 +36,6 @@ const PREFIX: &str = "lw/";
 const KEYS: usize = 24;
 /// Bound on any single wait for a watch response.
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
-
-fn seed() -> u64 {
-    match std::env::var("KETCH_SEED") {
-        Ok(s) => s.trim().parse().unwrap_or_else(|e| panic!("KETCH_SEED={s:?} is not a u64: {e}")),
-        Err(_) => SystemTime::now().duration_since(UNIX_EPOCH).expect("clock before 1970").as_nanos() as u64,
-    }
-}
 
 /// One acknowledged write, as a watcher must see it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]

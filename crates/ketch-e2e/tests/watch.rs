@@ -37,7 +37,9 @@
 
 use std::time::{Duration, Instant};
 
-use ketch_e2e::{EtcdctlProcess, Member, Output, etcdctl, normalize_etcdctl_text, spawn_etcdctl, subject_kind};
+use ketch_e2e::{
+    EtcdctlProcess, Member, Output, etcdctl, json_diff, normalize_etcdctl_text, spawn_etcdctl, subject_kind,
+};
 use ketch_proto::etcdserverpb::{
     PutRequest, WatchCreateRequest, WatchRequest, WatchResponse, watch_request::RequestUnion,
 };
@@ -52,33 +54,6 @@ const SUBJECT_WAIT: Duration = Duration::from_secs(5);
 const ARM_ROUND: Duration = Duration::from_millis(300);
 /// Bound on arming a watch.
 const ARM_TOTAL: Duration = Duration::from_secs(8);
-
-/// Field-by-field differences between two JSON values, as `path: a != b`.
-fn json_diff(path: &str, a: &Value, b: &Value, out: &mut Vec<String>) {
-    match (a, b) {
-        (Value::Object(x), Value::Object(y)) => {
-            let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
-            keys.sort();
-            keys.dedup();
-            for k in keys {
-                let p = format!("{path}.{k}");
-                match (x.get(k), y.get(k)) {
-                    (Some(va), Some(vb)) => json_diff(&p, va, vb, out),
-                    (Some(va), None) => out.push(format!("{p}: etcd={va} subject=<absent>")),
-                    (None, Some(vb)) => out.push(format!("{p}: etcd=<absent> subject={vb}")),
-                    (None, None) => {}
-                }
-            }
-        }
-        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
-            for (i, (va, vb)) in x.iter().zip(y).enumerate() {
-                json_diff(&format!("{path}[{i}]"), va, vb, out);
-            }
-        }
-        _ if a != b => out.push(format!("{path}: etcd={a} subject={b}")),
-        _ => {}
-    }
-}
 
 /// Parses one `etcdctl watch -w json` line and drops the volatile fields of
 /// its `Header` (clientv3's struct field name) or `header`.

@@ -66,9 +66,9 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use ketch_e2e::{ClearHeaders, Member, readable, subject_kind};
+use ketch_e2e::{ClearHeaders, Member, prefix_end, readable, seed, subject_kind};
 use ketch_proto::etcdserverpb::{
     CompactionRequest, Compare, DeleteRangeRequest, PutRequest, RequestOp, TxnRequest, WatchCancelRequest,
     WatchCreateRequest, WatchProgressRequest, WatchRequest, WatchResponse,
@@ -101,25 +101,6 @@ const SUBJECT_WAIT: Duration = Duration::from_secs(5);
 /// compaction above its start revision (etcd syncs every 100 ms).
 const SYNC_SETTLE: Duration = Duration::from_millis(500);
 const POLL: Duration = Duration::from_millis(5);
-
-fn seed() -> u64 {
-    match std::env::var("KETCH_SEED") {
-        Ok(s) => s.trim().parse().unwrap_or_else(|e| panic!("KETCH_SEED={s:?} is not a u64: {e}")),
-        Err(_) => SystemTime::now().duration_since(UNIX_EPOCH).expect("clock before 1970").as_nanos() as u64,
-    }
-}
-
-/// Like clientv3's `GetPrefixRangeEnd`.
-fn prefix_end(p: &[u8]) -> Vec<u8> {
-    let mut end = p.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
-}
 
 /// The keys a watcher covers, after etcd's normalisation of the request
 /// (empty key = `"\0"`, range end `"\0"` = from the key on).

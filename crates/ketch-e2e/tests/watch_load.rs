@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use ketch_e2e::{Kind, Member, rss_kib, subject_kind};
+use ketch_e2e::{Kind, Member, prefix_end, rss_kib, subject_kind};
 use ketch_proto::etcdserverpb::{
     PutRequest, WatchCreateRequest, WatchRequest, WatchResponse, watch_client::WatchClient, watch_request::RequestUnion,
 };
@@ -41,12 +41,6 @@ fn create(key: &[u8], range_end: &[u8], prev_kv: bool) -> WatchRequest {
             ..Default::default()
         })),
     }
-}
-
-fn prefix_end(p: &[u8]) -> Vec<u8> {
-    let mut end = p.to_vec();
-    *end.last_mut().expect("non-empty prefix") += 1;
-    end
 }
 
 /// Opens a watch stream on `client` and sends `creates` on it.
