@@ -521,9 +521,9 @@ pub struct Output {
     pub code: i32,
 }
 
-/// Runs `etcdctl --endpoints=<endpoint> <args>` with `ETCDCTL_API=3`,
-/// feeding `stdin` (or nothing), bounded by [`ETCDCTL_TIMEOUT`].
-pub fn etcdctl(endpoint: &str, args: &[&str], stdin: Option<&str>) -> Output {
+/// `etcdctl --endpoints=<endpoint> <args>` with `ETCDCTL_API=3`, none of the
+/// caller's other `ETCDCTL_*` variables, and every stream piped.
+fn etcdctl_command(endpoint: &str, args: &[&str]) -> Command {
     let mut cmd = Command::new(ETCDCTL_BIN);
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("ETCDCTL_") {
@@ -536,6 +536,13 @@ pub fn etcdctl(endpoint: &str, args: &[&str], stdin: Option<&str>) -> Output {
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    cmd
+}
+
+/// Runs `etcdctl --endpoints=<endpoint> <args>` with `ETCDCTL_API=3`,
+/// feeding `stdin` (or nothing), bounded by [`ETCDCTL_TIMEOUT`].
+pub fn etcdctl(endpoint: &str, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut cmd = etcdctl_command(endpoint, args);
     let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot run {ETCDCTL_BIN}: {e}"));
     let mut child_stdin = child.stdin.take().expect("etcdctl stdin is piped");
     let input = stdin.unwrap_or("").to_string();
@@ -593,18 +600,7 @@ pub const ETCDCTL_POLL: Duration = Duration::from_millis(5);
 /// `PR_SET_PDEATHSIG(SIGKILL)` like the servers, so it cannot outlive the
 /// test process.
 pub fn spawn_etcdctl(endpoint: &str, args: &[&str]) -> EtcdctlProcess {
-    let mut cmd = Command::new(ETCDCTL_BIN);
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("ETCDCTL_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={endpoint}"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    let mut cmd = etcdctl_command(endpoint, args);
     die_with_parent(&mut cmd);
     let mut child = spawn_child(cmd).unwrap_or_else(|e| panic!("cannot run {ETCDCTL_BIN}: {e}"));
     let stdin = child.stdin.take();
