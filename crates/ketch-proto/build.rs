@@ -13,7 +13,9 @@ const PROTO_FILES: &[&str] = &[
     "mvccpb/kv.proto",
     "authpb/auth.proto",
     "etcdserverpb/rpc.proto",
+    "membershippb/membership.proto",
     "etcdserverpb/raft_internal.proto",
+    "ketchpeerpb/peer.proto",
     "v3lockpb/v3lock.proto",
     "v3electionpb/v3election.proto",
 ];

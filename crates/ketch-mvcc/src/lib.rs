@@ -23,8 +23,10 @@
 
 pub mod codec;
 pub mod key_index;
+mod snapshot;
 mod store;
 
+pub use snapshot::{SnapshotRecord, SnapshotTable};
 pub use store::{
     Batch, CompactionResult, Event, EventKind, KeyValue, MvccError, RangeEnd, RangeOptions, RangeResult, ReadTxn,
     Revision, Store, TxnWrite,

@@ -10,18 +10,18 @@ use crate::codec;
 use crate::key_index::TreeIndex;
 
 /// Revision-keyed key-values: `(main, sub)` -> [`codec`] record.
-const KV: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("kv");
+pub(crate) const KV: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("kv");
 /// Small named values: the store's own and the caller's (see [`Batch::commit`]).
-const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 /// Lease records, by lease ID; their format is the lessor's (the store only keeps them
 /// in the same transactions as the keys attached to them).
-const LEASES: TableDefinition<i64, &[u8]> = TableDefinition::new("lease");
+pub(crate) const LEASES: TableDefinition<i64, &[u8]> = TableDefinition::new("lease");
 
-const META_FORMAT: &str = "format";
+pub(crate) const META_FORMAT: &str = "format";
 const META_CURRENT_REV: &str = "current_rev";
 const META_COMPACT_REV: &str = "compact_rev";
 /// Written once at creation; a file without it (or with another value) is refused.
-const FORMAT: &[u8] = b"ketch-mvcc/1";
+pub(crate) const FORMAT: &[u8] = b"ketch-mvcc/1";
 
 /// A point in the store's history. `main` is the revision clients see; `sub`
 /// orders the writes of one request.
@@ -119,6 +119,8 @@ pub enum MvccError {
     Storage(#[from] redb::Error),
     #[error("mvcc backend is corrupt: {0}")]
     Corrupt(String),
+    #[error("store snapshot: {0}")]
+    Snapshot(String),
     #[error("{path}: not a Ketch MVCC database ({why})")]
     Foreign { path: PathBuf, why: String },
 }
@@ -139,9 +141,9 @@ storage_from!(
     redb::SetDurabilityError
 );
 
-struct State {
+pub(crate) struct State {
     index: TreeIndex,
-    current_rev: i64,
+    pub(crate) current_rev: i64,
     /// etcd's `compactMainRev`: -1 until the first compaction.
     compact_rev: i64,
 }
@@ -150,10 +152,10 @@ struct State {
 /// [`Batch`] excludes readers for its duration, so no reader sees half a request.
 pub struct Store {
     path: PathBuf,
-    db: Database,
-    state: RwLock<State>,
+    pub(crate) db: Database,
+    pub(crate) state: RwLock<State>,
     /// The last committed revision, readable without waiting for a writer.
-    committed_rev: AtomicI64,
+    pub(crate) committed_rev: AtomicI64,
 }
 
 impl Store {
@@ -188,44 +190,12 @@ impl Store {
         }
         txn.commit()?;
 
-        let read = db.begin_read()?;
-        let meta = read.open_table(META)?;
-        let meta_i64 = |key: &str| -> Result<Option<i64>, MvccError> {
-            match meta.get(key)? {
-                None => Ok(None),
-                Some(v) => {
-                    let bytes: [u8; 8] = v.value().try_into().map_err(|_| MvccError::Corrupt(format!("meta {key}")))?;
-                    Ok(Some(i64::from_le_bytes(bytes)))
-                }
-            }
-        };
-        let mut current_rev = meta_i64(META_CURRENT_REV)?.unwrap_or(1).max(1);
-        let compact_rev = meta_i64(META_COMPACT_REV)?.unwrap_or(-1);
-
-        let mut index = TreeIndex::default();
-        let kv = read.open_table(KV)?;
-        for item in kv.iter()? {
-            let (k, v) = item?;
-            let (main, sub) = k.value();
-            let rev = Revision {
-                main: i64::try_from(main).map_err(|_| MvccError::Corrupt("revision overflow".into()))?,
-                sub: i64::try_from(sub).map_err(|_| MvccError::Corrupt("revision overflow".into()))?,
-            };
-            let rec = codec::decode(v.value())?;
-            current_rev = current_rev.max(rev.main);
-            if rec.tombstone {
-                index.tombstone(&rec.key, rev);
-            } else if index.contains(&rec.key) {
-                index.put(&rec.key, rev);
-            } else {
-                index.restore(&rec.key, Revision { main: rec.create_revision, sub: 0 }, rev, rec.version);
-            }
-        }
-        drop((kv, meta, read));
+        let state = load_state(&db)?;
+        let current_rev = state.current_rev;
         Ok(Store {
             path: path.to_path_buf(),
             db,
-            state: RwLock::new(State { index, current_rev, compact_rev }),
+            state: RwLock::new(state),
             committed_rev: AtomicI64::new(current_rev),
         })
     }
@@ -277,6 +247,44 @@ impl Store {
     pub fn file_size(&self) -> u64 {
         std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)
     }
+}
+
+/// Reads the revisions and rebuilds the key index from the backend.
+pub(crate) fn load_state(db: &Database) -> Result<State, MvccError> {
+    let read = db.begin_read()?;
+    let meta = read.open_table(META)?;
+    let meta_i64 = |key: &str| -> Result<Option<i64>, MvccError> {
+        match meta.get(key)? {
+            None => Ok(None),
+            Some(v) => {
+                let bytes: [u8; 8] = v.value().try_into().map_err(|_| MvccError::Corrupt(format!("meta {key}")))?;
+                Ok(Some(i64::from_le_bytes(bytes)))
+            }
+        }
+    };
+    let mut current_rev = meta_i64(META_CURRENT_REV)?.unwrap_or(1).max(1);
+    let compact_rev = meta_i64(META_COMPACT_REV)?.unwrap_or(-1);
+
+    let mut index = TreeIndex::default();
+    let kv = read.open_table(KV)?;
+    for item in kv.iter()? {
+        let (k, v) = item?;
+        let (main, sub) = k.value();
+        let rev = Revision {
+            main: i64::try_from(main).map_err(|_| MvccError::Corrupt("revision overflow".into()))?,
+            sub: i64::try_from(sub).map_err(|_| MvccError::Corrupt("revision overflow".into()))?,
+        };
+        let rec = codec::decode(v.value())?;
+        current_rev = current_rev.max(rev.main);
+        if rec.tombstone {
+            index.tombstone(&rec.key, rev);
+        } else if index.contains(&rec.key) {
+            index.put(&rec.key, rev);
+        } else {
+            index.restore(&rec.key, Revision { main: rec.create_revision, sub: 0 }, rev, rec.version);
+        }
+    }
+    Ok(State { index, current_rev, compact_rev })
 }
 
 /// Shared read path for read and write transactions.

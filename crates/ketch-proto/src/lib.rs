@@ -40,6 +40,19 @@ pub mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");
 }
 
+/// etcd 3.5 package `membershippb`: member attributes carried through raft.
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod membershippb {
+    tonic::include_proto!("membershippb");
+}
+
+/// Ketch's member-to-member protocol (raft messages, snapshots, lease
+/// forwarding); not part of etcd's API.
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod ketchpeerpb {
+    tonic::include_proto!("ketchpeerpb");
+}
+
 /// etcd package `v3lockpb`: the `Lock` service.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod v3lockpb {

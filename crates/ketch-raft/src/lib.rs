@@ -16,11 +16,13 @@
 
 pub mod codec;
 mod logger;
+pub mod wire;
 
 use raft::eraftpb::{ConfState, Entry, HardState, Message, Snapshot, SnapshotMetadata};
 use raft::storage::MemStorage;
-use raft::{RawNode, StateRole};
+use raft::{RawNode, SnapshotStatus, StateRole};
 
+pub use raft::ReadState;
 pub use raft::eraftpb;
 
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +74,15 @@ pub struct Ready {
     pub persisted_messages: Vec<Message>,
     /// Set when leadership or role changed: (leader id, is leader).
     pub soft_state: Option<(u64, bool)>,
+    /// A snapshot from the leader to install before anything else: the state
+    /// machine must be replaced by one at or past this point (the leader sends
+    /// only metadata; the shell fetches the data).
+    pub snapshot: Option<SnapshotMetadata>,
+    /// Answers to [`RaftCore::read_index`]: (context, commit index to wait for).
+    pub read_states: Vec<ReadState>,
+    /// Whether `entries`/`hard_state`/`snapshot` must be fsynced before going on
+    /// (false when only the commit index moved).
+    pub must_sync: bool,
 }
 
 /// What became possible once a [`Ready`] was persisted.
@@ -93,7 +104,9 @@ impl RaftCore {
     /// Builds the core from durable state. For a new member, `restored.snapshot`
     /// carries the bootstrap configuration at index 0.
     pub fn new(cfg: &RaftConfig, restored: Restored) -> Result<RaftCore, RaftError> {
-        let Restored { snapshot, hard_state, entries, applied } = restored;
+        let Restored { snapshot, hard_state, mut entries, applied } = restored;
+        // An installed snapshot can cover entries logged before it.
+        entries.retain(|e| e.index > snapshot.index);
         let storage = if snapshot.index == 0 {
             MemStorage::new_with_conf_state(snapshot.get_conf_state().clone())
         } else {
@@ -163,6 +176,45 @@ impl RaftCore {
         Ok(self.node.step(msg)?)
     }
 
+    /// Asks for a linearizable read point; the answer comes back in a later
+    /// [`Ready::read_states`] with the same `ctx` (or never, if leadership is
+    /// unsettled: callers retry).
+    pub fn read_index(&mut self, ctx: Vec<u8>) {
+        self.node.read_index(ctx);
+    }
+
+    /// The transport could not reach `id`.
+    pub fn report_unreachable(&mut self, id: u64) {
+        self.node.report_unreachable(id);
+    }
+
+    /// Whether a snapshot message reached `id`.
+    pub fn report_snapshot(&mut self, id: u64, delivered: bool) {
+        let status = if delivered { SnapshotStatus::Finish } else { SnapshotStatus::Failure };
+        self.node.report_snapshot(id, status);
+    }
+
+    /// Starts handing leadership to `id` (a leader only).
+    pub fn transfer_leader(&mut self, id: u64) {
+        self.node.transfer_leader(id);
+    }
+
+    /// The follower whose log matches the leader's furthest (for a leadership
+    /// handover), if this member leads and has one.
+    pub fn most_caught_up_follower(&self) -> Option<u64> {
+        if !self.is_leader() {
+            return None;
+        }
+        let me = self.node.raft.id;
+        let voters: Vec<u64> = self.node.raft.prs().conf().voters().ids().iter().filter(|&id| id != me).collect();
+        voters.into_iter().max_by_key(|id| self.node.raft.prs().get(*id).map_or(0, |p| p.matched))
+    }
+
+    /// Voter IDs of the current configuration.
+    pub fn voters(&self) -> Vec<u64> {
+        self.node.raft.prs().conf().voters().ids().iter().collect()
+    }
+
     /// True when there is a [`Ready`] to process.
     pub fn has_ready(&self) -> bool {
         self.pending.is_none() && self.node.has_ready()
@@ -176,6 +228,17 @@ impl RaftCore {
         }
         let mut rd = self.node.ready();
         let soft_state = rd.ss().map(|ss| (ss.leader_id, ss.raft_state == StateRole::Leader));
+        let snapshot = if rd.snapshot().is_empty() {
+            None
+        } else {
+            let snap = rd.snapshot().clone();
+            let meta = snap.get_metadata().clone();
+            if let Err(e) = self.node.mut_store().wl().apply_snapshot(snap) {
+                panic!("raft storage rejected the snapshot from its own ready: {e}");
+            }
+            Some(meta)
+        };
+        let read_states = rd.take_read_states();
         let entries = rd.take_entries();
         if let Err(e) = self.node.mut_store().wl().append(&entries) {
             // raft-rs only hands out appendable entries; anything else is a bug.
@@ -192,6 +255,9 @@ impl RaftCore {
             committed: rd.take_committed_entries(),
             persisted_messages: rd.take_persisted_messages(),
             soft_state,
+            snapshot,
+            read_states,
+            must_sync: rd.must_sync(),
         };
         self.pending = Some(rd);
         Some(out)
@@ -210,7 +276,9 @@ impl RaftCore {
 
     /// Reports that everything up to `index` has been applied.
     pub fn applied_to(&mut self, index: u64) {
-        self.node.advance_apply_to(index);
+        if index > self.node.raft.raft_log.applied {
+            self.node.advance_apply_to(index);
+        }
     }
 
     /// Drops in-memory log entries before `index` (already applied and covered by a

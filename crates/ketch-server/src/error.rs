@@ -45,6 +45,10 @@ pub enum ServerError {
     LeaderChanged,
     #[error("etcdserver: request timed out")]
     Timeout,
+    #[error("etcdserver: request timed out, leader transfer took too long")]
+    LeaderTransferTimeout,
+    #[error("etcdserver: bad leader transferee")]
+    BadLeaderTransferee,
     #[error("etcdserver: server stopped")]
     Stopped,
     #[error("etcdserver: corrupt cluster")]
@@ -65,8 +69,8 @@ impl ServerError {
             LeaseNotFound => Code::NotFound,
             LeaseExists => Code::FailedPrecondition,
             LeaseTtlTooLarge => Code::OutOfRange,
-            NoLeader | LeaderChanged | Timeout | Stopped => Code::Unavailable,
-            NotLeader => Code::FailedPrecondition,
+            NoLeader | LeaderChanged | Timeout | LeaderTransferTimeout | Stopped => Code::Unavailable,
+            NotLeader | BadLeaderTransferee => Code::FailedPrecondition,
             Corrupt => Code::DataLoss,
             Internal(_) => Code::Unknown,
         }

@@ -12,44 +12,64 @@
 //! 5. answers the waiting clients.
 //!
 //! So a write is acknowledged only after it is in the fsynced WAL, and the
-//! applied index always travels with the data it covers. Backend commits skip
+//! applied index always travels with the data it covers.
+//!
+//! In a cluster the same loop also carries raft messages: a leader hands its
+//! appends to the [`Transport`] before its own fsync (replication overlaps the
+//! disk), a follower acknowledges only after its fsync. Any member proposes:
+//! raft forwards a follower's proposal to the leader, and the member that took
+//! the request answers it once it has applied the entry itself. Linearizable
+//! reads wait for a ReadIndex round (one in flight, shared by every read that
+//! arrived meanwhile) and then for the member to apply up to that index. Backend commits skip
 //! their own fsync except every [`DURABLE_EVERY_ENTRIES`] entries or
 //! [`DURABLE_EVERY`]; after a crash the backend opens at its last durable commit
 //! and the WAL replays the rest.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ketch_lease::{LeaseError, Lessor};
 use ketch_mvcc::{RangeEnd, RangeOptions, Store};
 use ketch_proto::etcdserverpb::{self as pb, InternalRaftRequest, RequestHeader};
-use ketch_raft::eraftpb::{ConfState, Entry, EntryType, SnapshotMetadata};
+use ketch_raft::eraftpb::{ConfState, Entry, EntryType, Message, SnapshotMetadata};
 use ketch_raft::{RaftConfig, RaftCore, Restored, codec};
 use ketch_wal::{Wal, WalOptions};
 use prost::Message as _;
 use tokio::sync::oneshot;
 
 use crate::apply;
+use crate::cluster::{MemberInfo, Membership};
 use crate::error::ServerError;
 use crate::ids::{self, RequestIds};
+use crate::peer::{Identity, PeerClients, PeerEvent, Transport};
 use crate::storage::{self, Layout};
 use crate::watch::WatchHub;
 
-/// Proposals waiting for the raft loop; a full queue answers "too many requests".
+/// Proposals (and linearizable reads) waiting for the raft loop; a full queue
+/// answers "too many requests".
 pub const PROPOSAL_QUEUE_MAX: usize = 4096;
+/// Raft messages from peers waiting for the raft loop; more are dropped (raft
+/// retransmits).
+const STEP_QUEUE_MAX: usize = 8192;
+/// Reads waiting for a ReadIndex answer or for the apply to catch up.
+const READS_WAITING_MAX: usize = 100_000;
+/// A ReadIndex request unanswered this long is asked again (etcd: 500 ms).
+const READ_INDEX_RETRY: Duration = Duration::from_millis(500);
+/// How often a member re-proposes its attributes until they are applied.
+const PUBLISH_RETRY: Duration = Duration::from_secs(2);
+/// Wait between rounds of snapshot fetch attempts.
+const SNAPSHOT_FETCH_BACKOFF: Duration = Duration::from_millis(500);
 /// Commands handled per loop turn before persisting, to bound batch latency.
 const COMMANDS_PER_TURN_MAX: usize = 1024;
 /// Applied entries between durable backend commits.
 const DURABLE_EVERY_ENTRIES: u64 = 10_000;
 /// Longest time applied data stays only in the WAL.
 const DURABLE_EVERY: Duration = Duration::from_secs(1);
-/// Raft log entries kept in memory behind a snapshot for lagging followers (etcd's 5000).
-const SNAPSHOT_CATCH_UP_ENTRIES: u64 = 5_000;
 /// Loop turns a lone voter may take to apply its log at start-up (it needs two).
 const START_CATCH_UP_TURNS_MAX: usize = 16;
 /// Expired leases revoked per loop turn (etcd revokes at most 1000 a second).
@@ -76,6 +96,9 @@ pub struct MemberConfig {
     pub heartbeat_ms: u64,
     pub election_ms: u64,
     pub snapshot_count: u64,
+    /// Raft log entries kept in memory behind a snapshot for lagging followers
+    /// (etcd's 5000, `--experimental-snapshot-catchup-entries`).
+    pub snapshot_catch_up_entries: u64,
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
     pub quota_backend_bytes: u64,
@@ -97,13 +120,31 @@ pub enum Applied {
     LeaseGrant(pb::LeaseGrantResponse),
     LeaseRevoke(pb::LeaseRevokeResponse),
     LeaseCheckpoint(pb::LeaseCheckpointResponse),
+    /// A member's published attributes (nobody waits for this one's answer).
+    Attributes,
 }
 
 type Reply = oneshot::Sender<Result<Applied, ServerError>>;
+type Done = oneshot::Sender<Result<(), ServerError>>;
 
 enum Command {
-    Propose { id: u64, data: Vec<u8>, reply: Reply },
+    Propose {
+        id: u64,
+        data: Vec<u8>,
+        reply: Reply,
+    },
+    /// A raft message from a peer.
+    Step(Box<Message>),
+    /// A linearizable read waits for this answer before reading.
+    Read(Done),
+    MoveLeader {
+        target: u64,
+        reply: Done,
+    },
 }
+
+/// Members found unreachable, and snapshot deliveries (member, delivered).
+type PeerReports = (HashSet<u64>, Vec<(u64, bool)>);
 
 /// State the raft loop publishes for readers of status.
 struct Shared {
@@ -115,6 +156,19 @@ struct Shared {
     name: String,
     peer_urls: Vec<String>,
     client_urls: Vec<String>,
+    /// The cluster's members, as last applied (written by the raft loop).
+    membership: RwLock<Membership>,
+    /// Unary calls to other members.
+    peers: PeerClients,
+    /// Delivery reports from the transport, drained by the raft loop each turn.
+    peer_events: Mutex<PeerReports>,
+    queued_proposals: AtomicUsize,
+    queued_steps: AtomicUsize,
+    /// Whether this member is the only voter (reads need no ReadIndex round).
+    lone_voter: AtomicBool,
+    /// Set once the cluster has applied this member's attributes (etcd serves
+    /// clients only after its `publish` went through raft).
+    ready: tokio::sync::watch::Sender<bool>,
     term: AtomicU64,
     leader: AtomicU64,
     commit_index: AtomicU64,
@@ -162,6 +216,20 @@ pub struct RaftStatus {
     pub applied_index: u64,
 }
 
+/// Queues `cmd` for the raft loop if fewer than `max` of its kind are waiting.
+fn enqueue(shared: &Shared, counter: &AtomicUsize, max: usize, cmd: Command) -> Result<(), Command> {
+    if counter.fetch_add(1, Ordering::SeqCst) >= max {
+        counter.fetch_sub(1, Ordering::SeqCst);
+        return Err(cmd);
+    }
+    shared.tx.try_send(cmd).map_err(|e| {
+        counter.fetch_sub(1, Ordering::SeqCst);
+        match e {
+            TrySendError::Full(c) | TrySendError::Disconnected(c) => c,
+        }
+    })
+}
+
 fn unix_millis() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
@@ -169,6 +237,8 @@ fn unix_millis() -> u64 {
 impl Member {
     /// Opens (or bootstraps) the data directory and starts the raft loop thread.
     pub fn start(cfg: MemberConfig) -> Result<(Member, JoinHandle<Result<(), ServerError>>), ServerError> {
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| ServerError::Internal("Member::start must be called inside a tokio runtime".into()))?;
         let layout = Layout::new(&cfg.data_dir);
         layout.check_not_foreign()?;
         let internal = |what: &str, e: &dyn std::fmt::Display| ServerError::Internal(format!("{what}: {e}"));
@@ -177,13 +247,23 @@ impl Member {
         let existing = Wal::exists(&layout.wal_dir());
         let store = Arc::new(Store::open(&layout.backend_path())?);
 
-        let (member_id, cluster_id) = if existing {
+        let (member_id, cluster_id, membership) = if existing {
             let member_id = storage::u64_meta(store.meta(storage::META_MEMBER_ID)?);
             let cluster_id = storage::u64_meta(store.meta(storage::META_CLUSTER_ID)?);
             match (member_id, cluster_id) {
                 (Some(m), Some(c)) => {
+                    let membership = match store.meta(storage::META_MEMBERS)? {
+                        Some(bytes) => Membership::decode(&bytes)?,
+                        // Written by a single-member build before membership was stored.
+                        None => Membership::new([own_info(&cfg, m)]),
+                    };
+                    if !membership.contains(m) {
+                        return Err(ServerError::Internal(format!(
+                            "member {m:x} has been removed from cluster {c:x}: its data dir must not be reused"
+                        )));
+                    }
                     tracing::info!(member = %format!("{m:x}"), cluster = %format!("{c:x}"), "restarting member; --initial-* flags are ignored");
-                    (m, c)
+                    (m, c, membership)
                 }
                 _ => {
                     return Err(ServerError::Internal(format!(
@@ -194,13 +274,18 @@ impl Member {
             }
         } else {
             let (m, c) = bootstrap_ids(&cfg)?;
+            let membership = bootstrap_membership(&cfg);
             let batch = store.batch()?;
             batch.commit(
-                &[(storage::META_MEMBER_ID, &m.to_le_bytes()), (storage::META_CLUSTER_ID, &c.to_le_bytes())],
+                &[
+                    (storage::META_MEMBER_ID, &m.to_le_bytes()),
+                    (storage::META_CLUSTER_ID, &c.to_le_bytes()),
+                    (storage::META_MEMBERS, &membership.encode()),
+                ],
                 true,
             )?;
-            tracing::info!(member = %format!("{m:x}"), cluster = %format!("{c:x}"), "starting a new cluster");
-            (m, c)
+            tracing::info!(member = %format!("{m:x}"), cluster = %format!("{c:x}"), members = membership.ids().len(), "starting a new cluster");
+            (m, c, membership)
         };
 
         let (mut wal, replay) =
@@ -215,7 +300,7 @@ impl Member {
             None => {
                 // A new member: the bootstrap configuration is snapshot 0.
                 let mut meta = SnapshotMetadata::default();
-                meta.set_conf_state(ConfState { voters: vec![member_id], ..Default::default() });
+                meta.set_conf_state(ConfState { voters: membership.ids(), ..Default::default() });
                 wal.mark_snapshot(0, &codec::encode_snapshot_metadata(&meta)).map_err(|e| internal("WAL", &e))?;
                 wal.sync().map_err(|e| internal("WAL", &e))?;
                 meta
@@ -239,6 +324,11 @@ impl Member {
         let voters = snapshot.get_conf_state().voters.clone();
 
         let election_ticks = usize::try_from((cfg.election_ms / cfg.heartbeat_ms.max(1)).max(2)).unwrap_or(10);
+        // raft-rs would draw a new timeout in [t, 2t) per election from an
+        // unseeded RNG; the core pins it, and the shell picks this member's once,
+        // so members rarely time out together (split votes) yet the core stays
+        // deterministic under a simulator that picks its own.
+        let election_ticks = election_ticks + rand::random_range(0..election_ticks);
         let raft_cfg = RaftConfig {
             id: member_id,
             election_ticks,
@@ -249,20 +339,17 @@ impl Member {
         };
         let restored = Restored { snapshot, hard_state, entries, applied };
         let mut core = RaftCore::new(&raft_cfg, restored).map_err(|e| internal("restoring raft state", &e))?;
-        if voters == [member_id] {
+        let lone_voter = voters == [member_id];
+        if lone_voter {
             // A lone voter needs no election timeout to know it wins.
             core.campaign().map_err(|e| internal("campaign", &e))?;
         }
 
         let lessor = restore_lessor(&store, &cfg)?;
 
-        let (tx, rx) = mpsc::sync_channel(PROPOSAL_QUEUE_MAX);
-        let peer_urls = cfg
-            .initial_cluster
-            .iter()
-            .find(|(n, _)| *n == cfg.name)
-            .map(|(_, urls)| urls.clone())
-            .unwrap_or_else(|| cfg.initial_advertise_peer_urls.clone());
+        let (tx, rx) = mpsc::sync_channel(PROPOSAL_QUEUE_MAX + STEP_QUEUE_MAX + 64);
+        let me = Identity { cluster_id, member_id };
+        let own = membership.get(member_id).cloned().unwrap_or_else(|| own_info(&cfg, member_id));
         let shared = Arc::new(Shared {
             store: store.clone(),
             tx,
@@ -270,8 +357,15 @@ impl Member {
             member_id,
             cluster_id,
             name: cfg.name.clone(),
-            peer_urls,
+            peer_urls: own.peer_urls.clone(),
             client_urls: cfg.advertise_client_urls.clone(),
+            membership: RwLock::new(membership.clone()),
+            peers: PeerClients::new(me),
+            peer_events: Mutex::new((HashSet::new(), Vec::new())),
+            queued_proposals: AtomicUsize::new(0),
+            queued_steps: AtomicUsize::new(0),
+            lone_voter: AtomicBool::new(lone_voter),
+            ready: tokio::sync::watch::Sender::new(false),
             term: AtomicU64::new(core.term()),
             leader: AtomicU64::new(core.leader_id()),
             commit_index: AtomicU64::new(core.commit_index()),
@@ -289,12 +383,29 @@ impl Member {
             election_ms: cfg.election_ms,
             lease_checkpoint_interval: cfg.lease_checkpoint_interval,
         });
+        let events_shared = Arc::downgrade(&shared);
+        let events: crate::peer::EventSink = Arc::new(move |event| {
+            if let Some(shared) = events_shared.upgrade() {
+                let mut pending = shared.peer_events.lock().expect("peer event lock poisoned");
+                match event {
+                    PeerEvent::Unreachable(id) => {
+                        pending.0.insert(id);
+                    }
+                    PeerEvent::Snapshot(id, ok) => pending.1.push((id, ok)),
+                }
+            }
+        });
+        let peer_list: Vec<(u64, Vec<String>)> = membership.iter().map(|m| (m.id, m.peer_urls.clone())).collect();
+        let transport = Transport::start(&runtime, me, &peer_list, events);
         let mut raft_loop = RaftLoop {
             core,
             wal,
             store,
             rx,
             shared: shared.clone(),
+            transport,
+            runtime,
+            cfg: cfg.clone(),
             waiters: HashMap::new(),
             applied,
             durable_applied: applied,
@@ -304,15 +415,20 @@ impl Member {
             snapshot_count: cfg.snapshot_count.max(1),
             tick: Duration::from_millis(cfg.heartbeat_ms.max(1)),
             was_leader: false,
+            reads: Reads::default(),
+            transfer: None,
+            published_at: None,
         };
         // Serve nothing until every entry in the log is applied: the backend may
         // have rolled back to its last durable commit, and reads must not see that.
-        raft_loop.catch_up_on_start(voters == [member_id])?;
+        raft_loop.catch_up_on_start(lone_voter)?;
         let handle = std::thread::Builder::new()
             .name("ketch-raft".into())
             .spawn(move || {
                 let result = raft_loop.run();
                 raft_loop.shared.stopped.store(true, Ordering::SeqCst);
+                // Nobody waits for readiness of a stopped member.
+                raft_loop.shared.ready.send_replace(true);
                 if let Err(e) = &result {
                     tracing::error!(error = %e, "raft loop stopped");
                 }
@@ -443,10 +559,10 @@ impl Member {
             return Err(ServerError::NoSpace);
         }
         let (reply, rx) = oneshot::channel();
-        match self.shared.tx.try_send(Command::Propose { id, data, reply }) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => return Err(ServerError::TooManyRequests),
-            Err(TrySendError::Disconnected(_)) => return Err(ServerError::Stopped),
+        let shared = &self.shared;
+        if enqueue(shared, &shared.queued_proposals, PROPOSAL_QUEUE_MAX, Command::Propose { id, data, reply }).is_err()
+        {
+            return Err(ServerError::TooManyRequests);
         }
         match tokio::time::timeout(self.shared.request_timeout, rx).await {
             Ok(Ok(result)) => result,
@@ -454,6 +570,126 @@ impl Member {
             Err(_) => Err(ServerError::Timeout),
         }
     }
+
+    /// Waits until this member may serve a linearizable read: a ReadIndex round
+    /// confirmed the leader's commit index, and this member has applied it.
+    pub async fn linearizable_barrier(&self) -> Result<(), ServerError> {
+        if self.is_stopped() {
+            return Err(ServerError::Stopped);
+        }
+        if self.shared.lone_voter.load(Ordering::SeqCst) {
+            // A lone voter applies every write before acknowledging it.
+            return Ok(());
+        }
+        let (reply, rx) = oneshot::channel();
+        let shared = &self.shared;
+        if enqueue(shared, &shared.queued_proposals, PROPOSAL_QUEUE_MAX, Command::Read(reply)).is_err() {
+            return Err(ServerError::TooManyRequests);
+        }
+        match tokio::time::timeout(self.shared.request_timeout, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(ServerError::Stopped),
+            Err(_) => Err(ServerError::Timeout),
+        }
+    }
+
+    /// Queues a raft message from a peer; dropped if the loop is too far behind.
+    pub fn step(&self, msg: Message) {
+        let shared = &self.shared;
+        let _ = enqueue(shared, &shared.queued_steps, STEP_QUEUE_MAX, Command::Step(Box::new(msg)));
+    }
+
+    /// Hands leadership to `target` (this member must lead); waits until it has.
+    pub async fn move_leader(&self, target: u64) -> Result<(), ServerError> {
+        let (reply, rx) = oneshot::channel();
+        let shared = &self.shared;
+        if enqueue(shared, &shared.queued_proposals, PROPOSAL_QUEUE_MAX, Command::MoveLeader { target, reply }).is_err()
+        {
+            return Err(ServerError::TooManyRequests);
+        }
+        match tokio::time::timeout(self.shared.request_timeout, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(ServerError::Stopped),
+            Err(_) => Err(ServerError::LeaderTransferTimeout),
+        }
+    }
+
+    /// Resolves once the cluster has applied this member's attributes (so
+    /// `MemberList` names it); the binary serves clients only after that.
+    pub async fn wait_ready(&self) {
+        let mut rx = self.shared.ready.subscribe();
+        let _ = rx.wait_for(|r| *r).await;
+    }
+
+    pub fn membership(&self) -> Membership {
+        self.shared.membership.read().expect("membership lock poisoned").clone()
+    }
+
+    pub fn is_cluster_member(&self, id: u64) -> bool {
+        self.shared.membership.read().expect("membership lock poisoned").contains(id)
+    }
+
+    /// The leader's ID and peer URLs, if there is a leader and it is another member.
+    fn remote_leader(&self) -> Result<Option<(u64, Vec<String>)>, ServerError> {
+        let leader = self.shared.leader.load(Ordering::SeqCst);
+        if leader == 0 {
+            return Err(ServerError::NoLeader);
+        }
+        if leader == self.shared.member_id {
+            return Ok(None);
+        }
+        let membership = self.shared.membership.read().expect("membership lock poisoned");
+        let urls = membership.get(leader).map(|m| m.peer_urls.clone()).ok_or(ServerError::NoLeader)?;
+        Ok(Some((leader, urls)))
+    }
+
+    /// Renews a lease on the leader (this member, or through the peer link).
+    /// `None` means this member leads: the caller answers from its own lessor.
+    pub async fn forward_lease_renew(&self, id: i64) -> Result<Option<i64>, ServerError> {
+        let Some((leader, urls)) = self.remote_leader()? else { return Ok(None) };
+        let req = pb::LeaseKeepAliveRequest { id };
+        let resp = self.shared.peers.lease_renew(leader, &urls, req, self.shared.request_timeout).await?;
+        Ok(Some(resp.ttl))
+    }
+
+    /// A lease's time-to-live from the leader; `None` means ask this member.
+    pub async fn forward_lease_time_to_live(
+        &self,
+        req: pb::LeaseTimeToLiveRequest,
+    ) -> Result<Option<pb::LeaseTimeToLiveResponse>, ServerError> {
+        let Some((leader, urls)) = self.remote_leader()? else { return Ok(None) };
+        Ok(Some(self.shared.peers.lease_time_to_live(leader, &urls, req, self.shared.request_timeout).await?))
+    }
+}
+
+/// This member's entry in the membership, from its flags.
+fn own_info(cfg: &MemberConfig, id: u64) -> MemberInfo {
+    let peer_urls = cfg
+        .initial_cluster
+        .iter()
+        .find(|(n, _)| *n == cfg.name)
+        .map(|(_, urls)| urls.clone())
+        .unwrap_or_else(|| cfg.initial_advertise_peer_urls.clone());
+    MemberInfo {
+        id,
+        name: cfg.name.clone(),
+        peer_urls,
+        client_urls: cfg.advertise_client_urls.clone(),
+        is_learner: false,
+    }
+}
+
+/// The founding members from `--initial-cluster`. Names and client URLs are
+/// unknown until each member publishes its own through raft (so every member
+/// learns them the same way, in log order).
+fn bootstrap_membership(cfg: &MemberConfig) -> Membership {
+    Membership::new(cfg.initial_cluster.iter().map(|(_, urls)| MemberInfo {
+        id: ids::member_id(urls, &cfg.initial_cluster_token, None),
+        name: String::new(),
+        peer_urls: urls.clone(),
+        client_urls: Vec::new(),
+        is_learner: false,
+    }))
 }
 
 /// Whether a request can grow the backend (etcd's quota applies to these).
@@ -484,6 +720,10 @@ struct RaftLoop {
     store: Arc<Store>,
     rx: Receiver<Command>,
     shared: Arc<Shared>,
+    transport: Transport,
+    /// For the blocking parts of talking to peers (snapshot fetches).
+    runtime: tokio::runtime::Handle,
+    cfg: MemberConfig,
     waiters: HashMap<u64, Reply>,
     applied: u64,
     durable_applied: u64,
@@ -494,6 +734,42 @@ struct RaftLoop {
     tick: Duration,
     /// Leadership as last seen, to promote or demote the lessor on changes.
     was_leader: bool,
+    reads: Reads,
+    /// A leadership handover in progress: target, deadline, who waits for it.
+    transfer: Option<(u64, Instant, Option<Done>)>,
+    /// When this member last proposed its attributes (None: not yet, or done).
+    published_at: Option<Instant>,
+}
+
+/// Linearizable reads in their three stages: waiting for the next ReadIndex
+/// round, in the round now in flight, and confirmed but waiting for the apply.
+#[derive(Default)]
+struct Reads {
+    pending: Vec<Done>,
+    in_flight: Option<ReadRound>,
+    next_ctx: u64,
+    confirmed: Vec<(u64, Vec<Done>)>,
+}
+
+struct ReadRound {
+    ctx: Vec<u8>,
+    asked_at: Instant,
+    waiters: Vec<Done>,
+}
+
+impl Reads {
+    fn waiting(&self) -> usize {
+        self.pending.len()
+            + self.in_flight.as_ref().map_or(0, |r| r.waiters.len())
+            + self.confirmed.iter().map(|(_, w)| w.len()).sum::<usize>()
+    }
+
+    fn fail_all(&mut self, err: ServerError) {
+        let rounds = self.in_flight.take().map(|r| r.waiters).into_iter();
+        for w in self.pending.drain(..).chain(rounds.flatten()).chain(self.confirmed.drain(..).flat_map(|(_, w)| w)) {
+            let _ = w.send(Err(err.clone()));
+        }
+    }
 }
 
 fn wal_err(e: ketch_wal::WalError) -> ServerError {
@@ -503,10 +779,12 @@ fn wal_err(e: ketch_wal::WalError) -> ServerError {
 impl RaftLoop {
     /// Applies the whole log before the member serves. A lone voter commits
     /// everything in its log as soon as its new term's first entry is durable, so
-    /// a few turns suffice.
+    /// a few turns suffice; a cluster member applies what it knows committed
+    /// and learns the rest from the leader (linearizable reads wait for that).
     fn catch_up_on_start(&mut self, lone_voter: bool) -> Result<(), ServerError> {
         self.process_ready()?;
         if !lone_voter {
+            self.publish();
             return Ok(());
         }
         for _ in 0..START_CATCH_UP_TURNS_MAX {
@@ -526,7 +804,23 @@ impl RaftLoop {
 
     fn run(&mut self) -> Result<(), ServerError> {
         let mut next_tick = Instant::now() + self.tick;
-        while !self.shared.stop_requested.load(Ordering::SeqCst) {
+        let mut stopping: Option<Instant> = None;
+        loop {
+            if stopping.is_none() && self.shared.stop_requested.load(Ordering::SeqCst) {
+                // Hand leadership over first, so the cluster needs no election.
+                let deadline = Instant::now() + Duration::from_millis(self.shared.election_ms * 2);
+                if let Some(target) = self.core.most_caught_up_follower() {
+                    tracing::info!(to = %format!("{target:x}"), "stopping: handing leadership over");
+                    self.core.transfer_leader(target);
+                    self.transfer = Some((target, deadline, None));
+                }
+                stopping = Some(deadline);
+            }
+            if let Some(deadline) = stopping
+                && (self.transfer.is_none() || Instant::now() >= deadline)
+            {
+                break;
+            }
             let wait = next_tick.saturating_duration_since(Instant::now());
             match self.rx.recv_timeout(wait) {
                 Ok(cmd) => {
@@ -541,13 +835,19 @@ impl RaftLoop {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
+            self.peer_events();
             let now = Instant::now();
-            while now >= next_tick {
+            if now >= next_tick {
+                // After a long stall (a snapshot install), tick once rather than
+                // firing a burst of elapsed ticks that would start an election.
                 self.core.tick();
-                next_tick += self.tick;
+                next_tick = now + self.tick;
             }
+            self.start_read_round();
             self.process_ready()?;
             self.lease_duties();
+            self.publish_attributes();
+            self.check_transfer();
             if self.applied > self.durable_applied && self.last_durable_at.elapsed() >= DURABLE_EVERY {
                 self.store.batch()?.commit(&[], true)?;
                 self.mark_durable(self.applied, self.durable_term_for(self.applied))?;
@@ -561,8 +861,20 @@ impl RaftLoop {
         for (_, reply) in self.waiters.drain() {
             let _ = reply.send(Err(ServerError::Stopped));
         }
-        while let Ok(Command::Propose { reply, .. }) = self.rx.try_recv() {
+        self.reads.fail_all(ServerError::Stopped);
+        if let Some((_, _, Some(reply))) = self.transfer.take() {
             let _ = reply.send(Err(ServerError::Stopped));
+        }
+        while let Ok(cmd) = self.rx.try_recv() {
+            match cmd {
+                Command::Propose { reply, .. } => {
+                    let _ = reply.send(Err(ServerError::Stopped));
+                }
+                Command::Read(reply) | Command::MoveLeader { reply, .. } => {
+                    let _ = reply.send(Err(ServerError::Stopped));
+                }
+                Command::Step(_) => {}
+            }
         }
         Ok(())
     }
@@ -573,24 +885,136 @@ impl RaftLoop {
 
     fn handle(&mut self, cmd: Command) {
         match cmd {
-            Command::Propose { id, data, reply } => match self.core.propose(data) {
-                Ok(()) => {
-                    self.waiters.insert(id, reply);
+            Command::Propose { id, data, reply } => {
+                self.shared.queued_proposals.fetch_sub(1, Ordering::SeqCst);
+                match self.core.propose(data) {
+                    Ok(()) => {
+                        self.waiters.insert(id, reply);
+                    }
+                    Err(ketch_raft::RaftError::ProposalDropped) => {
+                        let _ = reply.send(Err(ServerError::NoLeader));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(ServerError::Internal(e.to_string())));
+                    }
                 }
-                Err(ketch_raft::RaftError::ProposalDropped) => {
-                    let _ = reply.send(Err(ServerError::NoLeader));
+            }
+            Command::Step(msg) => {
+                self.shared.queued_steps.fetch_sub(1, Ordering::SeqCst);
+                if let Err(e) = self.core.step(*msg) {
+                    tracing::debug!(error = %e, "raft rejected a peer message");
                 }
-                Err(e) => {
-                    let _ = reply.send(Err(ServerError::Internal(e.to_string())));
+            }
+            Command::Read(reply) => {
+                self.shared.queued_proposals.fetch_sub(1, Ordering::SeqCst);
+                if self.reads.waiting() >= READS_WAITING_MAX {
+                    let _ = reply.send(Err(ServerError::TooManyRequests));
+                } else {
+                    self.reads.pending.push(reply);
                 }
-            },
+            }
+            Command::MoveLeader { target, reply } => {
+                self.shared.queued_proposals.fetch_sub(1, Ordering::SeqCst);
+                if !self.core.is_leader() {
+                    let _ = reply.send(Err(ServerError::NotLeader));
+                } else if target == self.shared.member_id {
+                    let _ = reply.send(Ok(()));
+                } else if !self.core.voters().contains(&target) {
+                    let _ = reply.send(Err(ServerError::BadLeaderTransferee));
+                } else {
+                    if let Some((_, _, Some(old))) = self.transfer.take() {
+                        let _ = old.send(Err(ServerError::LeaderChanged));
+                    }
+                    tracing::info!(to = %format!("{target:x}"), "moving leadership");
+                    self.core.transfer_leader(target);
+                    let deadline = Instant::now() + self.shared.request_timeout;
+                    self.transfer = Some((target, deadline, Some(reply)));
+                }
+            }
+        }
+    }
+
+    /// Feeds the transport's delivery reports to raft.
+    fn peer_events(&mut self) {
+        let (unreachable, snapshots) = {
+            let mut pending = self.shared.peer_events.lock().expect("peer event lock poisoned");
+            (std::mem::take(&mut pending.0), std::mem::take(&mut pending.1))
+        };
+        for id in unreachable {
+            self.core.report_unreachable(id);
+        }
+        for (id, delivered) in snapshots {
+            self.core.report_snapshot(id, delivered);
+        }
+    }
+
+    /// Completes (or gives up on) a leadership handover.
+    fn check_transfer(&mut self) {
+        let Some((target, deadline, _)) = &self.transfer else { return };
+        let (target, deadline) = (*target, *deadline);
+        let done = self.core.leader_id() == target;
+        if (done || Instant::now() >= deadline)
+            && let Some((_, _, Some(reply))) = self.transfer.take()
+        {
+            let _ = reply.send(if done { Ok(()) } else { Err(ServerError::LeaderTransferTimeout) });
+        }
+    }
+
+    /// Starts a ReadIndex round for the reads that arrived since the last one,
+    /// or asks again when the round in flight went unanswered.
+    fn start_read_round(&mut self) {
+        if let Some(round) = &mut self.reads.in_flight {
+            if round.asked_at.elapsed() >= READ_INDEX_RETRY {
+                round.waiters.retain(|w| !w.is_closed());
+                round.asked_at = Instant::now();
+                self.core.read_index(round.ctx.clone());
+            }
+            return;
+        }
+        if self.reads.pending.is_empty() {
+            return;
+        }
+        if self.shared.lone_voter.load(Ordering::SeqCst) && self.core.is_leader() {
+            // Everything acknowledged is applied already.
+            for w in self.reads.pending.drain(..) {
+                let _ = w.send(Ok(()));
+            }
+            return;
+        }
+        self.reads.next_ctx += 1;
+        let ctx = self.reads.next_ctx.to_be_bytes().to_vec();
+        self.core.read_index(ctx.clone());
+        let waiters = std::mem::take(&mut self.reads.pending);
+        self.reads.in_flight = Some(ReadRound { ctx, asked_at: Instant::now(), waiters });
+    }
+
+    /// ReadIndex answers: the reads of that round wait for the apply to reach
+    /// the index.
+    fn read_states(&mut self, states: Vec<ketch_raft::ReadState>) {
+        for rs in states {
+            if self.reads.in_flight.as_ref().is_some_and(|r| r.ctx == rs.request_ctx) {
+                let round = self.reads.in_flight.take().expect("checked above");
+                self.reads.confirmed.push((rs.index, round.waiters));
+            }
+        }
+        self.release_reads();
+    }
+
+    fn release_reads(&mut self) {
+        let applied = self.applied;
+        let (ready, waiting): (Vec<_>, Vec<_>) = self.reads.confirmed.drain(..).partition(|(i, _)| *i <= applied);
+        self.reads.confirmed = waiting;
+        for w in ready.into_iter().flat_map(|(_, w)| w) {
+            let _ = w.send(Ok(()));
         }
     }
 
     fn process_ready(&mut self) -> Result<(), ServerError> {
         while let Some(rd) = self.core.ready() {
-            if !rd.messages.is_empty() || !rd.persisted_messages.is_empty() {
-                tracing::warn!("raft produced peer messages but this member has no peers");
+            // A leader replicates while it persists (raft thesis 10.2.1).
+            self.transport.send(rd.messages);
+            if let Some(meta) = rd.snapshot {
+                self.install_snapshot(meta)?;
             }
             for e in &rd.entries {
                 self.wal.append_entry(e.index, &codec::encode_entry(e)).map_err(wal_err)?;
@@ -598,26 +1022,114 @@ impl RaftLoop {
             if let Some(hs) = &rd.hard_state {
                 self.wal.set_hard_state(&codec::encode_hard_state(hs)).map_err(wal_err)?;
             }
-            if !rd.entries.is_empty() || rd.hard_state.is_some() {
+            if rd.must_sync {
                 self.wal.sync().map_err(wal_err)?;
             }
+            self.read_states(rd.read_states);
             self.apply(rd.committed)?;
             let after = self.core.persisted();
+            // What depends on the persisted state goes out only now.
+            self.transport.send(rd.persisted_messages);
+            self.transport.send(after.messages);
             if after.commit_index.is_some() {
                 // Recorded without a sync: it becomes durable with the next batch.
                 self.wal.set_hard_state(&codec::encode_hard_state(&self.core.hard_state())).map_err(wal_err)?;
             }
             self.apply(after.committed)?;
+            self.release_reads();
+        }
+        Ok(())
+    }
+
+    /// Replaces the store with a copy of another member's that covers the
+    /// leader's snapshot `meta`, then records it in the WAL. Retries (other
+    /// members too) until it succeeds or the member is stopped.
+    fn install_snapshot(&mut self, meta: SnapshotMetadata) -> Result<(), ServerError> {
+        tracing::info!(index = meta.index, term = meta.term, "installing a snapshot from the leader");
+        let me = self.shared.member_id;
+        loop {
+            let leader = self.core.leader_id();
+            let membership = self.shared.membership.read().expect("membership lock poisoned").clone();
+            let mut sources: Vec<MemberInfo> = membership.iter().filter(|m| m.id != me).cloned().collect();
+            sources.sort_by_key(|m| m.id != leader);
+            for source in sources {
+                match self.fetch_snapshot(&source, meta.index) {
+                    Ok(()) => return self.after_snapshot(meta),
+                    Err(e) => tracing::warn!(from = %format!("{:x}", source.id), error = %e, "snapshot fetch failed"),
+                }
+            }
+            if self.shared.stop_requested.load(Ordering::SeqCst) {
+                return Err(ServerError::Stopped);
+            }
+            std::thread::sleep(SNAPSHOT_FETCH_BACKOFF);
+        }
+    }
+
+    fn fetch_snapshot(&mut self, source: &MemberInfo, min_index: u64) -> Result<(), ServerError> {
+        let peers = &self.shared.peers;
+        let runtime = self.runtime.clone();
+        let mut stream = runtime.block_on(peers.fetch_snapshot(source.id, &source.peer_urls, min_index))?;
+        let mut chunks = 0usize;
+        self.store.install(storage::LOCAL_META, || {
+            let next =
+                runtime.block_on(async { tokio::time::timeout(Duration::from_secs(30), stream.message()).await });
+            match next {
+                Ok(Ok(Some(chunk))) => {
+                    chunks += 1;
+                    crate::peer::records_from_wire(chunk).map(Some).map_err(ketch_mvcc::MvccError::Snapshot)
+                }
+                Ok(Ok(None)) => Ok(None),
+                Ok(Err(status)) => Err(ketch_mvcc::MvccError::Snapshot(status.message().to_string())),
+                Err(_) => Err(ketch_mvcc::MvccError::Snapshot("timed out waiting for the next chunk".into())),
+            }
+        })?;
+        tracing::info!(from = %format!("{:x}", source.id), chunks, "snapshot installed");
+        Ok(())
+    }
+
+    /// After an install: the applied position, lessor and membership come from
+    /// the new store; the WAL records the snapshot (at the store's own applied
+    /// index, which may be past the leader's snapshot index).
+    fn after_snapshot(&mut self, meta: SnapshotMetadata) -> Result<(), ServerError> {
+        let applied = storage::u64_meta(self.store.meta(storage::META_CONSISTENT_INDEX)?).unwrap_or(meta.index);
+        let term = storage::u64_meta(self.store.meta(storage::META_CONSISTENT_TERM)?).unwrap_or(meta.term);
+        if applied < meta.index {
+            return Err(ServerError::Internal(format!(
+                "snapshot store is at index {applied}, behind the snapshot index {}",
+                meta.index
+            )));
+        }
+        let mut marker = SnapshotMetadata { index: applied, term, ..Default::default() };
+        marker.set_conf_state(meta.get_conf_state().clone());
+        self.wal.mark_snapshot(applied, &codec::encode_snapshot_metadata(&marker)).map_err(wal_err)?;
+        self.wal.sync().map_err(wal_err)?;
+        self.applied = applied;
+        self.durable_applied = applied;
+        self.durable_term = term;
+        self.snapshot_index = applied;
+        self.last_durable_at = Instant::now();
+        self.shared.applied_index.store(applied, Ordering::SeqCst);
+        *self.shared.lessor() = restore_lessor(&self.store, &self.cfg)?;
+        self.was_leader = false;
+        if let Some(bytes) = self.store.meta(storage::META_MEMBERS)? {
+            *self.shared.membership.write().expect("membership lock poisoned") = Membership::decode(&bytes)?;
         }
         Ok(())
     }
 
     fn apply(&mut self, entries: Vec<Entry>) -> Result<(), ServerError> {
+        let Some(last_given) = entries.last().map(|e| e.index) else { return Ok(()) };
         let entries: Vec<Entry> = entries.into_iter().filter(|e| e.index > self.applied).collect();
-        let Some(last) = entries.last() else { return Ok(()) };
+        let Some(last) = entries.last() else {
+            // All covered by an installed snapshot already.
+            self.core.applied_to(last_given);
+            return Ok(());
+        };
         let (last_index, last_term) = (last.index, last.term);
-        let mut batch = self.store.batch()?;
+        let store = self.store.clone();
+        let mut batch = store.batch()?;
         let mut results = Vec::new();
+        let mut membership_changed = false;
         for e in &entries {
             if e.get_entry_type() != EntryType::EntryNormal {
                 tracing::warn!(
@@ -632,6 +1144,11 @@ impl RaftLoop {
             let req = InternalRaftRequest::decode(&e.data[..])
                 .map_err(|err| ServerError::Internal(format!("raft entry {} does not decode: {err}", e.index)))?;
             let id = req.header.as_ref().map_or(req.id, |h| h.id);
+            if let Some(attrs) = &req.cluster_member_attr_set {
+                membership_changed |= self.apply_member_attributes(attrs);
+                results.push((id, Ok(Applied::Attributes)));
+                continue;
+            }
             let now = self.shared.now_ms();
             let result = apply_request(&mut batch, &req, &mut self.shared.lessor(), now);
             if let Err(ServerError::Internal(why)) = &result {
@@ -641,16 +1158,19 @@ impl RaftLoop {
         }
         let durable = last_index - self.durable_applied >= DURABLE_EVERY_ENTRIES
             || self.last_durable_at.elapsed() >= DURABLE_EVERY;
-        let events = batch.commit(
-            &[
-                (storage::META_CONSISTENT_INDEX, &last_index.to_le_bytes()),
-                (storage::META_CONSISTENT_TERM, &last_term.to_le_bytes()),
-            ],
-            durable,
-        )?;
+        let members =
+            membership_changed.then(|| self.shared.membership.read().expect("membership lock poisoned").encode());
+        let mut meta: Vec<(&str, &[u8])> = Vec::with_capacity(3);
+        let (index_bytes, term_bytes) = (last_index.to_le_bytes(), last_term.to_le_bytes());
+        meta.push((storage::META_CONSISTENT_INDEX, &index_bytes));
+        meta.push((storage::META_CONSISTENT_TERM, &term_bytes));
+        if let Some(m) = &members {
+            meta.push((storage::META_MEMBERS, m));
+        }
+        let events = batch.commit(&meta, durable)?;
         self.shared.watch_hub.publish(events);
         self.applied = last_index;
-        self.core.applied_to(last_index);
+        self.core.applied_to(last_index.max(last_given));
         self.shared.applied_index.store(last_index, Ordering::SeqCst);
         for (id, result) in results {
             if let Some(reply) = self.waiters.remove(&id) {
@@ -661,6 +1181,47 @@ impl RaftLoop {
             self.mark_durable(last_index, last_term)?;
         }
         Ok(())
+    }
+
+    /// A member published its name and client URLs; true if that changed anything.
+    fn apply_member_attributes(&mut self, attrs: &ketch_proto::membershippb::ClusterMemberAttrSetRequest) -> bool {
+        let Some(a) = &attrs.member_attributes else { return false };
+        let mut membership = self.shared.membership.write().expect("membership lock poisoned");
+        let before = membership.get(attrs.member_id).cloned();
+        if !membership.set_attributes(attrs.member_id, &a.name, &a.client_urls) {
+            tracing::warn!(member = %format!("{:x}", attrs.member_id), "attributes for an unknown member ignored");
+            return false;
+        }
+        if attrs.member_id == self.shared.member_id {
+            self.published_at = None;
+        }
+        before.as_ref() != membership.get(attrs.member_id)
+    }
+
+    /// Proposes this member's name and client URLs until the cluster has them
+    /// (etcd's `publish`).
+    fn publish_attributes(&mut self) {
+        let stored = {
+            let membership = self.shared.membership.read().expect("membership lock poisoned");
+            membership.get(self.shared.member_id).map(|m| (m.name.clone(), m.client_urls.clone()))
+        };
+        let wanted = (self.shared.name.clone(), self.shared.client_urls.clone());
+        if stored.as_ref() == Some(&wanted) {
+            self.shared.ready.send_if_modified(|r| !std::mem::replace(r, true));
+            return;
+        }
+        if self.core.leader_id() == 0 {
+            return;
+        }
+        if self.published_at.is_some_and(|t| t.elapsed() < PUBLISH_RETRY) {
+            return;
+        }
+        self.published_at = Some(Instant::now());
+        let attrs = ketch_proto::membershippb::ClusterMemberAttrSetRequest {
+            member_id: self.shared.member_id,
+            member_attributes: Some(ketch_proto::membershippb::Attributes { name: wanted.0, client_urls: wanted.1 }),
+        };
+        self.propose_internal(InternalRaftRequest { cluster_member_attr_set: Some(attrs), ..Default::default() });
     }
 
     /// The backend durably holds everything up to `index`: maybe take a snapshot
@@ -678,7 +1239,7 @@ impl RaftLoop {
         self.wal.sync().map_err(wal_err)?;
         let purged = self.wal.purge().map_err(wal_err)?;
         self.core
-            .compact_log(index.saturating_sub(SNAPSHOT_CATCH_UP_ENTRIES).max(1))
+            .compact_log(index.saturating_sub(self.cfg.snapshot_catch_up_entries).max(1))
             .map_err(|e| ServerError::Internal(e.to_string()))?;
         tracing::info!(index, purged_segments = purged, "snapshot taken");
         self.snapshot_index = index;
@@ -741,6 +1302,7 @@ impl RaftLoop {
     }
 
     fn publish(&self) {
+        self.shared.lone_voter.store(self.core.voters() == [self.shared.member_id], Ordering::SeqCst);
         self.shared.term.store(self.core.term(), Ordering::SeqCst);
         self.shared.leader.store(self.core.leader_id(), Ordering::SeqCst);
         self.shared.commit_index.store(self.core.commit_index(), Ordering::SeqCst);

@@ -10,8 +10,10 @@
 //!
 //! Server-owned keys in the backend's `meta` table (all little-endian u64):
 //! `consistent_index` (raft index of the last applied entry), `consistent_term`,
-//! `member_id`, `cluster_id`. They are written in the same redb transaction as the
-//! data they describe.
+//! `member_id`, `cluster_id`, and `members` (the cluster's membership, JSON). They
+//! are written in the same redb transaction as the data they describe. All but
+//! `member_id` are replicated state: a snapshot sent to another member carries
+//! them.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -22,6 +24,9 @@ pub const META_CONSISTENT_INDEX: &str = "consistent_index";
 pub const META_CONSISTENT_TERM: &str = "consistent_term";
 pub const META_MEMBER_ID: &str = "member_id";
 pub const META_CLUSTER_ID: &str = "cluster_id";
+pub const META_MEMBERS: &str = "members";
+/// Meta keys that belong to this member, not to the replicated state.
+pub const LOCAL_META: &[&str] = &[META_MEMBER_ID];
 
 pub struct Layout {
     pub data_dir: PathBuf,

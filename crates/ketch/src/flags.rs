@@ -58,6 +58,15 @@ pub struct Flags {
     /// Number of committed transactions to trigger a snapshot to disk.
     #[arg(long, env = "ETCD_SNAPSHOT_COUNT", default_value_t = 100_000)]
     pub snapshot_count: u64,
+
+    /// Raft log entries kept in memory after a snapshot, for slow followers to
+    /// catch up from without a snapshot (etcd 3.5.12's flag).
+    #[arg(
+        long = "experimental-snapshot-catchup-entries",
+        env = "ETCD_EXPERIMENTAL_SNAPSHOT_CATCHUP_ENTRIES",
+        default_value_t = 5000
+    )]
+    pub experimental_snapshot_catchup_entries: u64,
     /// Maximum client request size in bytes the server will accept.
     #[arg(long, env = "ETCD_MAX_REQUEST_BYTES", default_value_t = 1_572_864)]
     pub max_request_bytes: u32,
@@ -199,6 +208,7 @@ fn listen_addrs(flag: &str, urls: &[Url]) -> anyhow::Result<Vec<SocketAddr>> {
 pub struct ServerConfig {
     pub member: MemberConfig,
     pub client_listen: Vec<SocketAddr>,
+    pub peer_listen: Vec<SocketAddr>,
     pub log_level: String,
 }
 
@@ -229,7 +239,10 @@ impl Flags {
         }
         let listen_client = parse_urls("listen-client-urls", &self.listen_client_urls)?;
         let advertise_client = parse_urls("advertise-client-urls", &self.advertise_client_urls)?;
-        parse_urls("listen-peer-urls", &self.listen_peer_urls)?;
+        let listen_peer = parse_urls("listen-peer-urls", &self.listen_peer_urls)?;
+        if listen_peer.iter().any(|u| u.scheme() == "https") {
+            bail!("--listen-peer-urls: https (peer TLS) is not supported yet");
+        }
         let advertise_peer = parse_urls("initial-advertise-peer-urls", &self.initial_advertise_peer_urls)?;
         let advertise_peer: Vec<String> = advertise_peer.iter().map(url_string).collect();
 
@@ -266,16 +279,12 @@ impl Flags {
                 a
             );
         }
-        if cluster.len() > 1 {
-            bail!(
-                "--initial-cluster names {} members: this Ketch build runs single-member clusters only (multi-member Raft clustering is not available yet)",
-                cluster.len()
-            );
-        }
-        if self.initial_cluster_state == "existing" {
-            tracing::warn!(
-                "--initial-cluster-state=existing: joining an existing cluster is not available yet; a member with no data starts its own cluster"
-            );
+        match self.initial_cluster_state.as_str() {
+            "new" => {}
+            "existing" => tracing::warn!(
+                "--initial-cluster-state=existing: a member with no data joins as the founding member of --initial-cluster it names (adding members at run time is not supported yet)"
+            ),
+            other => bail!("--initial-cluster-state: unexpected value {other:?} (expected \"new\" or \"existing\")"),
         }
         if self.experimental_lease_checkpoint_interval.is_zero() {
             bail!("--experimental-lease-checkpoint-interval must be greater than 0");
@@ -299,6 +308,7 @@ impl Flags {
             heartbeat_ms: self.heartbeat_interval,
             election_ms: self.election_timeout,
             snapshot_count: self.snapshot_count,
+            snapshot_catch_up_entries: self.experimental_snapshot_catchup_entries,
             max_request_bytes: self.max_request_bytes as usize,
             max_txn_ops: self.max_txn_ops as usize,
             quota_backend_bytes: quota,
@@ -311,6 +321,7 @@ impl Flags {
         Ok(ServerConfig {
             member,
             client_listen: listen_addrs("listen-client-urls", &listen_client)?,
+            peer_listen: listen_addrs("listen-peer-urls", &listen_peer)?,
             log_level: self.log_level,
         })
     }

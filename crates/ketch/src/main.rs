@@ -14,6 +14,8 @@ use flags::{Flags, ServerConfig};
 
 /// How long shutdown waits for client requests, then for the raft loop.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long shutdown waits for the raft loop (which may hand leadership over first).
+const RAFT_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(12);
 
 fn main() -> ExitCode {
     let args = flags::normalize_go_flags(std::env::args());
@@ -66,20 +68,58 @@ fn init_logging(level: &str) {
 }
 
 async fn run(config: ServerConfig) -> anyhow::Result<()> {
-    let ServerConfig { member: member_config, client_listen, .. } = config;
+    let ServerConfig { member: member_config, client_listen, peer_listen, .. } = config;
     let max_request_bytes = member_config.max_request_bytes;
-    let (member, raft_thread) = Member::start(member_config)?;
+    let multi_member = member_config.initial_cluster.len() > 1;
 
+    // Bind before starting, so a port conflict fails the start cleanly.
     let mut listeners = Vec::new();
     for addr in &client_listen {
         let listener = TcpListener::bind(addr).await.with_context(|| format!("listen tcp {addr}"))?;
-        tracing::info!(%addr, "serving client traffic (gRPC and HTTP)");
-        listeners.push(listener);
+        listeners.push((*addr, listener));
     }
+    let mut peer_listeners = Vec::new();
+    for addr in &peer_listen {
+        match TcpListener::bind(addr).await {
+            Ok(listener) => peer_listeners.push((*addr, listener)),
+            // A lone member needs no peers; etcd binds anyway, so a clash is its error too.
+            Err(e) if !multi_member => tracing::warn!(%addr, error = %e, "cannot listen for peers"),
+            Err(e) => return Err(e).with_context(|| format!("listen tcp {addr}")),
+        }
+    }
+    let (member, raft_thread) = Member::start(member_config)?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    // Peer traffic keeps flowing until the raft loop has stopped (it may be
+    // handing leadership over).
+    let (peer_stop_tx, peer_stop_rx) = watch::channel(false);
+    let mut peer_servers = tokio::task::JoinSet::new();
+    for (addr, listener) in peer_listeners {
+        tracing::info!(%addr, "serving peer traffic");
+        let mut stop = peer_stop_rx.clone();
+        let member = member.clone();
+        peer_servers.spawn(async move {
+            let shutdown = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            if let Err(e) = ketch_server::peer::serve_peers(member, listener, shutdown).await {
+                tracing::error!(%addr, error = %e, "peer server failed");
+            }
+        });
+    }
+    // Like etcd, serve clients only once this member's attributes are published
+    // through raft (which needs a leader): until then connections wait.
+    tokio::select! {
+        _ = member.wait_ready() => {}
+        _ = shutdown_signal() => {
+            member.stop();
+            let _ = tokio::task::spawn_blocking(move || raft_thread.join()).await;
+            return Ok(());
+        }
+    }
     let mut servers = tokio::task::JoinSet::new();
-    for listener in listeners {
+    for (addr, listener) in listeners {
+        tracing::info!(%addr, "serving client traffic (gRPC and HTTP)");
         let mut stop = stop_rx.clone();
         let member = member.clone();
         servers.spawn(async move {
@@ -122,9 +162,11 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
         servers.abort_all();
     }
     member.stop();
-    if !raft_done && tokio::time::timeout(SHUTDOWN_GRACE, &mut raft).await.is_err() {
-        tracing::warn!("the raft loop did not stop within {SHUTDOWN_GRACE:?}");
+    if !raft_done && tokio::time::timeout(RAFT_STOP_GRACE, &mut raft).await.is_err() {
+        tracing::warn!("the raft loop did not stop within {RAFT_STOP_GRACE:?}");
     }
+    let _ = peer_stop_tx.send(true);
+    peer_servers.abort_all();
     outcome
 }
 

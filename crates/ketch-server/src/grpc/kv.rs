@@ -24,6 +24,16 @@ impl KvService {
     }
 }
 
+/// etcd's `isTxnSerializable`: a read-only txn whose every range is serializable.
+fn is_txn_serializable(r: &TxnRequest) -> bool {
+    use ketch_proto::etcdserverpb::request_op::Request as Op;
+    r.success.iter().chain(&r.failure).all(|op| match &op.request {
+        Some(Op::RequestRange(range)) => range.serializable,
+        Some(Op::RequestTxn(t)) => is_txn_serializable(t),
+        _ => true,
+    })
+}
+
 fn unexpected(what: &str) -> Status {
     ServerError::Internal(format!("apply answered a {what} request with another kind of response")).into()
 }
@@ -33,8 +43,9 @@ impl Kv for KvService {
     async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
         let r = request.into_inner();
         apply::check_range(&r)?;
-        // A single member applies every write before acknowledging it, so its
-        // store is always current: serializable and linearizable reads coincide.
+        if !r.serializable {
+            self.member.linearizable_barrier().await?;
+        }
         let mut resp = self.member.read(move |view| apply::range(view, &r)).await?;
         self.member.fill_header(&mut resp.header);
         Ok(Response::new(resp))
@@ -69,6 +80,9 @@ impl Kv for KvService {
         let r = request.into_inner();
         apply::check_txn(&r, self.member.max_txn_ops())?;
         let mut resp = if apply::is_txn_read_only(&r) {
+            if !is_txn_serializable(&r) {
+                self.member.linearizable_barrier().await?;
+            }
             self.member.read(move |view| apply::read_only_txn(view, &r)).await?
         } else {
             let Applied::Txn(resp) = self.propose(InternalRaftRequest { txn: Some(r), ..Default::default() }).await?

@@ -38,8 +38,19 @@ fn unexpected() -> Status {
 /// How often a keep-alive for an expired lease checks whether its revoke landed.
 const EXPIRED_LEASE_POLL: Duration = Duration::from_millis(10);
 
-/// Renews a lease for a keep-alive; 0 when the lease is gone (etcd's answer).
+/// Renews a lease for a keep-alive on the leader (through the peer link when
+/// another member leads); 0 when the lease is gone (etcd's answer).
 async fn renew(member: &Member, id: i64) -> Result<i64, ServerError> {
+    if !member.with_lessor(|lessor, _| lessor.is_primary())
+        && let Some(ttl) = member.forward_lease_renew(id).await?
+    {
+        return Ok(ttl);
+    }
+    renew_local(member, id).await
+}
+
+/// Renews a lease in this member's lessor (it must be the leader's).
+pub(crate) async fn renew_local(member: &Member, id: i64) -> Result<i64, ServerError> {
     let renewed = member.with_lessor(|lessor, now| lessor.renew(id, now));
     if let Err(LeaseError::Expired) = renewed {
         // etcd's rule: an expired lease is never renewed, and the answer waits
@@ -147,21 +158,12 @@ impl Lease for LeaseService {
         request: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
         let r = request.into_inner();
-        let found = self.member.with_lessor(|lessor, now| lessor.time_to_live(r.id, now));
-        let mut resp = match found {
-            Ok(t) => LeaseTimeToLiveResponse {
-                header: None,
-                id: r.id,
-                ttl: t.remaining_secs,
-                granted_ttl: t.granted_secs,
-                keys: if r.keys { t.keys } else { Vec::new() },
+        let mut resp = match self.member.with_lessor(|lessor, _| lessor.is_primary()) {
+            true => time_to_live_local(&self.member, r)?,
+            false => match self.member.forward_lease_time_to_live(r).await? {
+                Some(resp) => resp,
+                None => time_to_live_local(&self.member, r)?,
             },
-            // etcd answers an unknown lease with TTL -1 rather than an error.
-            Err(LeaseError::NotFound | LeaseError::Expired) => {
-                LeaseTimeToLiveResponse { header: None, id: r.id, ttl: -1, granted_ttl: 0, keys: Vec::new() }
-            }
-            Err(LeaseError::NotPrimary) => return Err(ServerError::NotLeader.into()),
-            Err(e) => return Err(ServerError::Internal(e.to_string()).into()),
         };
         self.member.fill_header(&mut resp.header);
         Ok(Response::new(resp))
@@ -176,5 +178,28 @@ impl Lease for LeaseService {
         let mut resp = LeaseLeasesResponse { header: None, leases };
         self.member.fill_header(&mut resp.header);
         Ok(Response::new(resp))
+    }
+}
+
+/// A lease's time-to-live from this member's lessor (it must be the leader's).
+pub(crate) fn time_to_live_local(
+    member: &Member,
+    r: LeaseTimeToLiveRequest,
+) -> Result<LeaseTimeToLiveResponse, ServerError> {
+    let found = member.with_lessor(|lessor, now| lessor.time_to_live(r.id, now));
+    match found {
+        Ok(t) => Ok(LeaseTimeToLiveResponse {
+            header: None,
+            id: r.id,
+            ttl: t.remaining_secs,
+            granted_ttl: t.granted_secs,
+            keys: if r.keys { t.keys } else { Vec::new() },
+        }),
+        // etcd answers an unknown lease with TTL -1 rather than an error.
+        Err(LeaseError::NotFound | LeaseError::Expired) => {
+            Ok(LeaseTimeToLiveResponse { header: None, id: r.id, ttl: -1, granted_ttl: 0, keys: Vec::new() })
+        }
+        Err(LeaseError::NotPrimary) => Err(ServerError::NotLeader),
+        Err(e) => Err(ServerError::Internal(e.to_string())),
     }
 }

@@ -91,8 +91,13 @@ impl Maintenance for MaintenanceService {
         Err(not_yet("snapshot"))
     }
 
-    async fn move_leader(&self, _: Request<MoveLeaderRequest>) -> Result<Response<MoveLeaderResponse>, Status> {
-        Err(not_yet("move-leader"))
+    /// etcd's `MoveLeader`: only the leader takes it; answers once the target leads.
+    async fn move_leader(&self, request: Request<MoveLeaderRequest>) -> Result<Response<MoveLeaderResponse>, Status> {
+        let target = request.into_inner().target_id;
+        self.member.move_leader(target).await?;
+        let mut resp = MoveLeaderResponse { header: None };
+        self.member.fill_header(&mut resp.header);
+        Ok(Response::new(resp))
     }
 }
 
@@ -131,15 +136,8 @@ impl Cluster for ClusterService {
     }
 
     async fn member_list(&self, _: Request<MemberListRequest>) -> Result<Response<MemberListResponse>, Status> {
-        let m = &self.member;
-        let member = pb::Member {
-            id: m.member_id(),
-            name: m.name().to_string(),
-            peer_ur_ls: m.peer_urls().to_vec(),
-            client_ur_ls: m.client_urls().to_vec(),
-            is_learner: false,
-        };
-        Ok(Response::new(MemberListResponse { header: self.header(), members: vec![member] }))
+        let members = self.member.membership().to_pb();
+        Ok(Response::new(MemberListResponse { header: self.header(), members }))
     }
 
     async fn member_promote(

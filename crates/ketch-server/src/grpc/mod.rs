@@ -2,7 +2,7 @@
 //! and the listener that also answers etcd's HTTP endpoints on the same port.
 
 mod kv;
-mod lease;
+pub(crate) mod lease;
 mod maintenance;
 mod watch;
 
