@@ -99,6 +99,8 @@ pub struct MemberConfig {
     /// Raft log entries kept in memory behind a snapshot for lagging followers
     /// (etcd's 5000, `--experimental-snapshot-catchup-entries`).
     pub snapshot_catch_up_entries: u64,
+    /// Delete WAL segments a snapshot covers (`--max-wals` other than 0).
+    pub purge_wals: bool,
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
     pub quota_backend_bytes: u64,
@@ -1237,7 +1239,7 @@ impl RaftLoop {
         meta.set_conf_state(self.core.conf_state());
         self.wal.mark_snapshot(index, &codec::encode_snapshot_metadata(&meta)).map_err(wal_err)?;
         self.wal.sync().map_err(wal_err)?;
-        let purged = self.wal.purge().map_err(wal_err)?;
+        let purged = if self.cfg.purge_wals { self.wal.purge().map_err(wal_err)? } else { 0 };
         self.core
             .compact_log(index.saturating_sub(self.cfg.snapshot_catch_up_entries).max(1))
             .map_err(|e| ServerError::Internal(e.to_string()))?;

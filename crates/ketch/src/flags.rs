@@ -67,6 +67,16 @@ pub struct Flags {
         default_value_t = 5000
     )]
     pub experimental_snapshot_catchup_entries: u64,
+
+    /// Maximum number of WAL files to retain (0 is unlimited). Ketch deletes a
+    /// segment once a snapshot covers it, so it keeps at most as many as etcd would.
+    #[arg(long, env = "ETCD_MAX_WALS", default_value_t = 5)]
+    pub max_wals: u64,
+
+    /// Maximum number of snapshot files to retain (0 is unlimited). Accepted for
+    /// etcd compatibility: Ketch's snapshot is its backend, there are no files.
+    #[arg(long, env = "ETCD_MAX_SNAPSHOTS", default_value_t = 5)]
+    pub max_snapshots: u64,
     /// Maximum client request size in bytes the server will accept.
     #[arg(long, env = "ETCD_MAX_REQUEST_BYTES", default_value_t = 1_572_864)]
     pub max_request_bytes: u32,
@@ -309,6 +319,7 @@ impl Flags {
             election_ms: self.election_timeout,
             snapshot_count: self.snapshot_count,
             snapshot_catch_up_entries: self.experimental_snapshot_catchup_entries,
+            purge_wals: self.max_wals > 0,
             max_request_bytes: self.max_request_bytes as usize,
             max_txn_ops: self.max_txn_ops as usize,
             quota_backend_bytes: quota,

@@ -367,3 +367,62 @@ fn restart_from_a_snapshot() {
         put(&ep, "after", "restart").await;
     });
 }
+
+/// Waits until `path` contains `needle`; false after `timeout`.
+fn log_contains(path: &Path, needle: &str, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if std::fs::read_to_string(path).is_ok_and(|t| t.contains(needle)) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+#[test]
+fn a_peer_from_another_cluster_is_refused() {
+    // Two members that name each other, but with different cluster tokens:
+    // different cluster IDs, so neither accepts the other's raft traffic and
+    // no leader (hence no client service) ever appears.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (pa, pb) = (free_port(), free_port());
+    let cluster = format!("a=http://127.0.0.1:{pa},b=http://127.0.0.1:{pb}");
+    let mut children = Vec::new();
+    for (name, peer, token) in [("a", pa, "one"), ("b", pb, "two")] {
+        let data_dir = dir.path().join(name);
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let args = [
+            "--name",
+            name,
+            "--listen-peer-urls",
+            &peer_url,
+            "--initial-advertise-peer-urls",
+            &peer_url,
+            "--initial-cluster",
+            &cluster,
+            "--initial-cluster-token",
+            token,
+            "--heartbeat-interval",
+            "20",
+            "--election-timeout",
+            "200",
+        ];
+        children.push((Server::spawn_with(&data_dir, free_port(), &args), data_dir));
+    }
+    for (_, data_dir) in &children {
+        let log = log_path(data_dir);
+        assert!(
+            log_contains(&log, "request cluster ID mismatch", Duration::from_secs(20)),
+            "{} never refused the other cluster's member:\n{}",
+            log.display(),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        assert!(log_contains(&log, "peer refused this member", Duration::from_secs(10)));
+    }
+    for (mut child, _) in children {
+        assert!(child.try_wait().expect("poll").is_none(), "a refused peer must not stop the member");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
