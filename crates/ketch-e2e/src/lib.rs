@@ -59,6 +59,8 @@ use ketch_proto::etcdserverpb::{
 };
 use tonic::transport::{Channel, Endpoint};
 
+pub mod cluster;
+
 /// Reference etcd server binary (Debian `etcd-server`, 3.4.23).
 pub const ETCD_BIN: &str = "/usr/bin/etcd";
 /// Reference etcdctl binary (Debian `etcd-client`, 3.4.23).
@@ -156,7 +158,7 @@ pub fn free_port() -> u16 {
 /// *thread* that forked them exits; forking from a thread that lives as long
 /// as the test process (rather than from a tokio worker or a test thread)
 /// makes that mean "when the test process dies".
-fn spawn_child(cmd: Command) -> std::io::Result<Child> {
+pub fn spawn_child(cmd: Command) -> std::io::Result<Child> {
     type Job = (Command, mpsc::Sender<std::io::Result<Child>>);
     static SPAWNER: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
     let sender = SPAWNER.get_or_init(|| {
@@ -176,7 +178,8 @@ fn spawn_child(cmd: Command) -> std::io::Result<Child> {
     reply_rx.recv().expect("process spawner thread dropped the request")
 }
 
-fn die_with_parent(cmd: &mut Command) {
+/// Makes `cmd`'s child get `PR_SET_PDEATHSIG(SIGKILL)` (see [`spawn_child`]).
+pub fn die_with_parent(cmd: &mut Command) {
     use std::os::unix::process::CommandExt;
     // SAFETY: only async-signal-safe libc calls between fork and exec.
     unsafe {
@@ -218,6 +221,9 @@ pub struct Member {
     client_port: u16,
     peer_port: u16,
     extra_args: Vec<String>,
+    /// Replaces the single-member `--initial-advertise-peer-urls` and
+    /// `--initial-cluster` flags (members of a [`cluster::Cluster`]).
+    peer_flags: Option<Vec<String>>,
     child: Option<Child>,
 }
 
@@ -252,6 +258,7 @@ impl Member {
             client_port: 0,
             peer_port: 0,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            peer_flags: None,
             child: None,
         };
         const ATTEMPTS: usize = 3;
@@ -292,12 +299,16 @@ impl Member {
             .arg("--advertise-client-urls")
             .arg(&client)
             .arg("--listen-peer-urls")
-            .arg(&peer)
-            .arg("--initial-advertise-peer-urls")
-            .arg(&peer)
-            .arg("--initial-cluster")
-            .arg(format!("{}={peer}", self.name))
-            .args(&self.extra_args);
+            .arg(&peer);
+        match &self.peer_flags {
+            Some(flags) => cmd.args(flags),
+            None => cmd
+                .arg("--initial-advertise-peer-urls")
+                .arg(&peer)
+                .arg("--initial-cluster")
+                .arg(format!("{}={peer}", self.name)),
+        };
+        cmd.args(&self.extra_args);
         // Keep the environment from changing server behaviour.
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("ETCD_") {

@@ -8,9 +8,11 @@
 //! no clock and opens no file, so the same code runs in the server and in a
 //! deterministic simulator.
 //!
-//! Raft-rs draws its randomized election timeout from an unseeded RNG; we pin
-//! `max_election_tick = min_election_tick + 1` so the timeout is fixed, and the
-//! shell (or simulator) owns any jitter.
+//! Raft-rs draws its randomized election timeout (in `[election, 2·election)`
+//! ticks, as etcd does) from an unseeded RNG each time a member changes term or
+//! role. The core overrides every such draw with one from its own generator,
+//! seeded by [`RaftConfig::seed`], so a simulator that seeds it gets the same
+//! elections every run.
 //!
 //! [`codec`] is the byte encoding of raft structures for the WAL.
 
@@ -48,6 +50,21 @@ pub struct RaftConfig {
     pub max_size_per_msg: u64,
     /// Append messages in flight per follower.
     pub max_inflight_msgs: usize,
+    /// Seed of the election timeout jitter.
+    pub seed: u64,
+}
+
+/// SplitMix64: a tiny, seedable generator for the election timeout jitter.
+struct Jitter(u64);
+
+impl Jitter {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
 }
 
 /// The durable raft state found at start-up.
@@ -98,6 +115,11 @@ pub struct AfterPersist {
 pub struct RaftCore {
     node: RawNode<MemStorage>,
     pending: Option<raft::Ready>,
+    jitter: Jitter,
+    /// Election timeouts are drawn from `[election_ticks, 2 · election_ticks)`.
+    election_ticks: usize,
+    /// (term, role) when the election timeout was last drawn.
+    drawn_for: (u64, StateRole),
 }
 
 impl RaftCore {
@@ -142,7 +164,7 @@ impl RaftCore {
             election_tick: cfg.election_ticks,
             heartbeat_tick: cfg.heartbeat_ticks,
             min_election_tick: cfg.election_ticks,
-            max_election_tick: cfg.election_ticks + 1,
+            max_election_tick: 2 * cfg.election_ticks,
             applied,
             max_size_per_msg: cfg.max_size_per_msg,
             max_inflight_msgs: cfg.max_inflight_msgs,
@@ -152,16 +174,41 @@ impl RaftCore {
         };
         config.validate()?;
         let node = RawNode::new(&config, storage, &logger::tracing_logger())?;
-        Ok(RaftCore { node, pending: None })
+        let drawn_for = (node.raft.term, node.raft.state);
+        let mut core =
+            RaftCore { node, pending: None, jitter: Jitter(cfg.seed), election_ticks: cfg.election_ticks, drawn_for };
+        core.draw_election_timeout();
+        Ok(core)
+    }
+
+    /// Replaces raft-rs's unseeded draw of the election timeout with ours.
+    fn draw_election_timeout(&mut self) {
+        let min = self.election_ticks;
+        let span = u64::try_from(min).unwrap_or(1).max(1);
+        let t = min + usize::try_from(self.jitter.next() % span).unwrap_or(0);
+        let raft = &mut self.node.raft;
+        raft.set_randomized_election_timeout(t);
+        self.drawn_for = (raft.term, raft.state);
+    }
+
+    /// raft-rs redraws the timeout whenever term or role changes: redraw ours.
+    fn after_change(&mut self) {
+        if (self.node.raft.term, self.node.raft.state) != self.drawn_for {
+            self.draw_election_timeout();
+        }
     }
 
     pub fn tick(&mut self) -> bool {
-        self.node.tick()
+        let ticked = self.node.tick();
+        self.after_change();
+        ticked
     }
 
     /// Starts an election now (a lone voter wins it at once).
     pub fn campaign(&mut self) -> Result<(), RaftError> {
-        Ok(self.node.campaign()?)
+        let r = self.node.campaign();
+        self.after_change();
+        Ok(r?)
     }
 
     pub fn propose(&mut self, data: Vec<u8>) -> Result<(), RaftError> {
@@ -173,7 +220,9 @@ impl RaftCore {
     }
 
     pub fn step(&mut self, msg: Message) -> Result<(), RaftError> {
-        Ok(self.node.step(msg)?)
+        let r = self.node.step(msg);
+        self.after_change();
+        Ok(r?)
     }
 
     /// Asks for a linearizable read point; the answer comes back in a later
@@ -197,6 +246,7 @@ impl RaftCore {
     /// Starts handing leadership to `id` (a leader only).
     pub fn transfer_leader(&mut self, id: u64) {
         self.node.transfer_leader(id);
+        self.after_change();
     }
 
     /// The follower whose log matches the leader's furthest (for a leadership

@@ -326,11 +326,6 @@ impl Member {
         let voters = snapshot.get_conf_state().voters.clone();
 
         let election_ticks = usize::try_from((cfg.election_ms / cfg.heartbeat_ms.max(1)).max(2)).unwrap_or(10);
-        // raft-rs would draw a new timeout in [t, 2t) per election from an
-        // unseeded RNG; the core pins it, and the shell picks this member's once,
-        // so members rarely time out together (split votes) yet the core stays
-        // deterministic under a simulator that picks its own.
-        let election_ticks = election_ticks + rand::random_range(0..election_ticks);
         let raft_cfg = RaftConfig {
             id: member_id,
             election_ticks,
@@ -338,6 +333,9 @@ impl Member {
             pre_vote: cfg.pre_vote,
             max_size_per_msg: RAFT_MSG_BYTES_MAX,
             max_inflight_msgs: RAFT_INFLIGHT_MSGS_MAX,
+            // A simulator passes its own seed; a real member wants a different
+            // jitter from every other member's.
+            seed: rand::random(),
         };
         let restored = Restored { snapshot, hard_state, entries, applied };
         let mut core = RaftCore::new(&raft_cfg, restored).map_err(|e| internal("restoring raft state", &e))?;
