@@ -389,6 +389,19 @@ impl Cluster {
         self.stopped[i] = true;
     }
 
+    /// Sends SIGTERM to member `i` (a graceful stop) and waits up to `limit`
+    /// for it to exit; returns how long it took.
+    pub fn sigterm(&mut self, i: usize, limit: Duration) -> Duration {
+        let started = std::time::Instant::now();
+        self.signal(i, libc::SIGTERM);
+        while self.members[i].is_running() {
+            assert!(started.elapsed() < limit, "m{i} did not exit within {limit:?} of SIGTERM");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.net.lock().pids[i] = None;
+        started.elapsed()
+    }
+
     /// Sends SIGCONT to member `i`.
     pub fn sigcont(&mut self, i: usize) {
         self.signal(i, libc::SIGCONT);

@@ -547,6 +547,35 @@ async fn d_sigstopped_leader_is_replaced_and_steps_down_after_sigcont() {
 }
 
 // ---------------------------------------------------------------------------
+// f. A graceful stop of the leader hands leadership over.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f_sigterm_of_the_leader_hands_leadership_over() {
+    // A long election timeout: without a handover the others would need at
+    // least that long to elect a new leader after the old one went quiet.
+    let mut c = Cluster::subject(3, &["--heartbeat-interval", "100", "--election-timeout", "3000"]).await;
+    let old = c.wait_leader(LIVENESS).await;
+    let (_, acked) = put_until_acked(&mut c, &[old], "f/key", "before").await;
+    let acked_rev = acked.header.map_or(0, |h| h.revision);
+
+    let stopped_at = Instant::now();
+    let took = c.sigterm(old, Duration::from_secs(20));
+    let new = c.wait_new_leader(old, LIVENESS).await;
+    let without_leader = stopped_at.elapsed();
+    println!("m{old} exited {took:?} after SIGTERM; m{new} leads {without_leader:?} after it");
+    assert!(
+        without_leader < Duration::from_millis(2500),
+        "a new leader took {without_leader:?}: no handover (election timeout 3 s)"
+    );
+    let got = get(&mut c.kv(new), "f/key", false, OP_TIMEOUT).await.expect("linearizable read on the new leader");
+    assert_eq!(found(&got), Some(("before".to_string(), acked_rev)));
+    put_until_acked(&mut c, &[new], "f/key", "after").await;
+    c.restart(old).await;
+    c.wait_converged(CONVERGE).await;
+    wait_serializable(&c, old, "f/key", "after").await;
+}
+
+// ---------------------------------------------------------------------------
 // e. Network faults: inbound cut and full isolation, of the leader and of a
 //    follower.
 

@@ -139,6 +139,7 @@ enum Command {
     Step(Box<Message>),
     /// A linearizable read waits for this answer before reading.
     Read(Done),
+    /// `target` 0: the most caught-up follower (a graceful stop's handover).
     MoveLeader {
         target: u64,
         reply: Done,
@@ -621,6 +622,26 @@ impl Member {
         let _ = rx.wait_for(|r| *r).await;
     }
 
+    /// If this member leads, hands leadership to its most caught-up follower
+    /// and waits (at most two election timeouts) until that member leads, so
+    /// a graceful stop costs the cluster no election (etcd's
+    /// `TransferLeadership` on stop).
+    pub async fn step_down(&self) {
+        let (reply, rx) = oneshot::channel();
+        let shared = &self.shared;
+        if enqueue(shared, &shared.queued_proposals, PROPOSAL_QUEUE_MAX, Command::MoveLeader { target: 0, reply })
+            .is_err()
+        {
+            return;
+        }
+        let limit = Duration::from_millis(2 * self.shared.election_ms);
+        match tokio::time::timeout(limit, rx).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "leadership handover failed"),
+            _ => tracing::warn!("leadership handover did not finish in time"),
+        }
+    }
+
     pub fn membership(&self) -> Membership {
         self.shared.membership.read().expect("membership lock poisoned").clone()
     }
@@ -915,6 +936,17 @@ impl RaftLoop {
             }
             Command::MoveLeader { target, reply } => {
                 self.shared.queued_proposals.fetch_sub(1, Ordering::SeqCst);
+                let target = match target {
+                    0 => match self.core.most_caught_up_follower() {
+                        Some(t) => t,
+                        // Not leading, or nobody to hand over to.
+                        None => {
+                            let _ = reply.send(Ok(()));
+                            return;
+                        }
+                    },
+                    t => t,
+                };
                 if !self.core.is_leader() {
                     let _ = reply.send(Err(ServerError::NotLeader));
                 } else if target == self.shared.member_id {

@@ -153,8 +153,12 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
             }
         }
     };
-    // Stop taking requests, give open ones a moment, then stop the raft loop
-    // (which makes the backend durable) and wait for it.
+    // Hand leadership over while still serving, then stop taking requests,
+    // give open ones a moment, then stop the raft loop (which makes the backend
+    // durable) and wait for it.
+    if !raft_done {
+        member.step_down().await;
+    }
     let _ = stop_tx.send(true);
     let drained = tokio::time::timeout(SHUTDOWN_GRACE, async { while servers.join_next().await.is_some() {} }).await;
     if drained.is_err() {
