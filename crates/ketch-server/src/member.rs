@@ -58,8 +58,11 @@ pub const PROPOSAL_QUEUE_MAX: usize = 4096;
 const STEP_QUEUE_MAX: usize = 8192;
 /// Reads waiting for a ReadIndex answer or for the apply to catch up.
 const READS_WAITING_MAX: usize = 100_000;
-/// A ReadIndex request unanswered this long is asked again (etcd: 500 ms).
-const READ_INDEX_RETRY: Duration = Duration::from_millis(500);
+/// A ReadIndex request unanswered for two heartbeats, but at most this long,
+/// is asked again (etcd: 500 ms). A new leader drops them until it has
+/// committed an entry of its term, so the first reads after an election wait
+/// for a retry.
+const READ_INDEX_RETRY_MAX: Duration = Duration::from_millis(500);
 /// How often a member re-proposes its attributes until they are applied.
 const PUBLISH_RETRY: Duration = Duration::from_secs(2);
 /// Wait between rounds of snapshot fetch attempts.
@@ -996,7 +999,7 @@ impl RaftLoop {
     /// or asks again when the round in flight went unanswered.
     fn start_read_round(&mut self) {
         if let Some(round) = &mut self.reads.in_flight {
-            if round.asked_at.elapsed() >= READ_INDEX_RETRY {
+            if round.asked_at.elapsed() >= (self.tick * 2).min(READ_INDEX_RETRY_MAX) {
                 round.waiters.retain(|w| !w.is_closed());
                 round.asked_at = Instant::now();
                 self.core.read_index(round.ctx.clone());

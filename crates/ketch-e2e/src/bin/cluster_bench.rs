@@ -31,6 +31,8 @@
 //! - `CLUSTER_BENCH_SECS`: seconds per measured scenario (default 10).
 //! - `KETCH_BIN`: the ketch binary (default: `ketch` next to this binary).
 
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::PathBuf;
@@ -58,19 +60,6 @@ fn key(i: u64) -> Vec<u8> {
 
 fn value(i: u64) -> Vec<u8> {
     (0..VALUE_LEN).map(|j| b'a' + ((i as usize + j) % 26) as u8).collect()
-}
-
-/// SplitMix64: a small seeded RNG, so both servers see the same keys.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
 }
 
 /// One member process of a benchmark cluster.
@@ -339,12 +328,12 @@ async fn measure(channels: &[Channel], clients: usize, op: Op, load: Load, seed:
     for c in 0..clients {
         let mut kv = KvClient::new(channels[c % channels.len()].clone());
         tasks.spawn(async move {
-            let mut rng = Rng(seed ^ (c as u64).wrapping_mul(0x2545_F491_4F6C_DD1D));
+            let mut rng = StdRng::seed_from_u64(seed ^ (c as u64).wrapping_mul(0x2545_F491_4F6C_DD1D));
             let mut latencies_us: Vec<u32> = Vec::new();
             let mut next_key = c as u64;
             loop {
                 let k = match load {
-                    Load::For(d) if start.elapsed() < d => rng.next() % KEY_SPACE,
+                    Load::For(d) if start.elapsed() < d => rng.random_range(0..KEY_SPACE),
                     Load::EveryKey if next_key < KEY_SPACE => {
                         next_key += clients as u64;
                         next_key - clients as u64
