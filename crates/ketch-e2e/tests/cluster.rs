@@ -11,6 +11,8 @@
 //! - `c_*`: a member down for more than `--snapshot-count` + 5000 writes
 //!   catches up (by snapshot) and converges.
 //! - `d_*`: SIGSTOP / SIGCONT of the leader.
+//! - `f_*`: SIGTERM of the leader hands leadership over (no election wait).
+//! - `g_*`: `hasleader` requests fail fast on a member without a leader.
 //! - `e*_*`: network faults ([`Cluster::cut`], [`Cluster::isolate`]) on the
 //!   leader and on a follower: no stale linearizable read, no write
 //!   acknowledged by a member that cannot reach a quorum, convergence after
@@ -573,6 +575,39 @@ async fn f_sigterm_of_the_leader_hands_leadership_over() {
     c.restart(old).await;
     c.wait_converged(CONVERGE).await;
     wait_serializable(&c, old, "f/key", "after").await;
+}
+
+// ---------------------------------------------------------------------------
+// g. `hasleader` metadata (clientv3's WithRequireLeader) on a leaderless member.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn g_require_leader_fails_fast_on_a_member_without_leader() {
+    let mut c = Cluster::subject(3, &[]).await;
+    let leader = c.wait_leader(LIVENESS).await;
+    let v = (leader + 1) % 3;
+    put_until_acked(&mut c, &[leader], "g/key", "v").await;
+    wait_serializable(&c, v, "g/key", "v").await;
+    c.isolate(v);
+    // Cut off, it campaigns in vain and stops naming a leader.
+    let deadline = Instant::now() + LIVENESS;
+    while c.status(v).await.map(|s| s.leader).unwrap_or(1) != 0 {
+        assert!(Instant::now() < deadline, "isolated m{v} still names a leader");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let req = |require: bool| {
+        let mut r =
+            tonic::Request::new(RangeRequest { key: b"g/key".to_vec(), serializable: true, ..Default::default() });
+        if require {
+            r.metadata_mut().insert("hasleader", "true".parse().expect("ascii"));
+        }
+        r
+    };
+    let err = c.kv(v).range(req(true)).await.expect_err("a require-leader read on a leaderless member");
+    assert_eq!((err.code(), err.message()), (tonic::Code::Unavailable, "etcdserver: no leader"));
+    let ok = c.kv(v).range(req(false)).await.expect("a plain serializable read is served").into_inner();
+    assert_eq!(found(&ok).map(|(v, _)| v), Some("v".to_string()));
+    c.heal_all();
+    c.wait_converged(CONVERGE).await;
 }
 
 // ---------------------------------------------------------------------------

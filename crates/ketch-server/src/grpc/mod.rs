@@ -16,6 +16,7 @@ use ketch_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use ketch_proto::etcdserverpb::watch_server::WatchServer;
 use tokio::net::TcpListener;
 use tonic::service::Routes;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 
 pub use maintenance::{ETCD_CLUSTER_VERSION, ETCD_VERSION};
@@ -39,17 +40,37 @@ pub async fn serve_clients(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let decode_limit = max_request_bytes.saturating_add(GRPC_OVERHEAD_BYTES);
+    // etcd's interceptors: a request carrying `hasleader: true` fails with
+    // "no leader" on a member that knows no leader.
+    let leader = member.clone();
+    let check = move |req: tonic::Request<()>| {
+        if watch::requires_leader(req.metadata()) && leader.raft_status().leader == 0 {
+            return Err(tonic::Status::from(crate::error::ServerError::NoLeader));
+        }
+        Ok(req)
+    };
     let routes = Routes::from(crate::http::router(member.clone()))
-        .add_service(KvServer::new(kv::KvService::new(member.clone())).max_decoding_message_size(decode_limit))
-        .add_service(
+        .add_service(InterceptedService::new(
+            KvServer::new(kv::KvService::new(member.clone())).max_decoding_message_size(decode_limit),
+            check.clone(),
+        ))
+        .add_service(InterceptedService::new(
             MaintenanceServer::new(maintenance::MaintenanceService::new(member.clone()))
                 .max_decoding_message_size(decode_limit),
-        )
-        .add_service(LeaseServer::new(lease::LeaseService::new(member.clone())).max_decoding_message_size(decode_limit))
-        .add_service(WatchServer::new(watch::WatchService::new(member.clone())).max_decoding_message_size(decode_limit))
-        .add_service(
+            check.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            LeaseServer::new(lease::LeaseService::new(member.clone())).max_decoding_message_size(decode_limit),
+            check.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            WatchServer::new(watch::WatchService::new(member.clone())).max_decoding_message_size(decode_limit),
+            check.clone(),
+        ))
+        .add_service(InterceptedService::new(
             ClusterServer::new(maintenance::ClusterService::new(member)).max_decoding_message_size(decode_limit),
-        );
+            check,
+        ));
     tonic::transport::Server::builder()
         .accept_http1(true)
         .max_concurrent_streams(STREAMS_PER_CONNECTION_MAX)
