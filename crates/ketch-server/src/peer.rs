@@ -67,6 +67,10 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// HTTP/2 flow-control windows on peer connections: large, so a burst of
+/// appends is never held back waiting for window updates.
+const PEER_WINDOW_BYTES: u32 = 16 << 20;
+
 const META_CLUSTER: &str = "ketch-cluster-id";
 const META_FROM: &str = "ketch-from";
 
@@ -107,7 +111,9 @@ fn endpoint(url: &str) -> Result<Endpoint, ServerError> {
         .tcp_nodelay(true)
         .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-        .keep_alive_while_idle(true))
+        .keep_alive_while_idle(true)
+        .initial_stream_window_size(PEER_WINDOW_BYTES)
+        .initial_connection_window_size(PEER_WINDOW_BYTES))
 }
 
 fn client(channel: Channel) -> PeerClient<Channel> {
@@ -530,6 +536,8 @@ pub async fn serve_peers(
         .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
     tonic::transport::Server::builder()
+        .initial_stream_window_size(PEER_WINDOW_BYTES)
+        .initial_connection_window_size(PEER_WINDOW_BYTES)
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .add_service(service)
