@@ -33,14 +33,18 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ketch_lease::{LeaseError, Lessor};
-use ketch_mvcc::{RangeEnd, RangeOptions, Store};
+use ketch_lease::Lessor;
+use ketch_mvcc::Store;
 use ketch_proto::etcdserverpb::{self as pb, InternalRaftRequest, RequestHeader};
-use ketch_raft::eraftpb::{ConfState, Entry, EntryType, Message, SnapshotMetadata};
+use ketch_raft::eraftpb::{ConfState, Entry, Message, SnapshotMetadata};
 use ketch_raft::{RaftConfig, RaftCore, Restored, codec};
 use ketch_wal::{Wal, WalOptions};
 use prost::Message as _;
 use tokio::sync::oneshot;
+
+mod applier;
+
+use applier::{Applier, ApplyMsg, restore_lessor};
 
 use crate::apply;
 use crate::cluster::{MemberInfo, Membership};
@@ -65,22 +69,18 @@ const READS_WAITING_MAX: usize = 100_000;
 const READ_INDEX_RETRY_MAX: Duration = Duration::from_millis(500);
 /// How often a member re-proposes its attributes until they are applied.
 const PUBLISH_RETRY: Duration = Duration::from_secs(2);
-/// Wait between rounds of snapshot fetch attempts.
-const SNAPSHOT_FETCH_BACKOFF: Duration = Duration::from_millis(500);
+/// How long start-up waits for the apply thread to apply the log.
+const START_APPLY_WAIT: Duration = Duration::from_secs(600);
+/// Committed batches queued for the apply thread before the raft loop waits.
+const APPLY_QUEUE_BATCHES_MAX: usize = 1024;
 /// Commands handled per loop turn before persisting, to bound batch latency.
 const COMMANDS_PER_TURN_MAX: usize = 1024;
-/// Applied entries between durable backend commits.
-const DURABLE_EVERY_ENTRIES: u64 = 10_000;
-/// Longest time applied data stays only in the WAL.
-const DURABLE_EVERY: Duration = Duration::from_secs(1);
 /// Loop turns a lone voter may take to apply its log at start-up (it needs two).
 const START_CATCH_UP_TURNS_MAX: usize = 16;
 /// Expired leases revoked per loop turn (etcd revokes at most 1000 a second).
 const LEASE_REVOKES_PER_TURN_MAX: usize = 100;
 /// Lease checkpoints proposed per loop turn (etcd's batch limit).
 const LEASE_CHECKPOINTS_PER_TURN_MAX: usize = 1000;
-/// Keys read per step when re-attaching keys to leases at start-up.
-const LEASE_ATTACH_SCAN_KEYS: usize = 10_000;
 /// Largest raft append message, in bytes (etcd's 1 MiB).
 const RAFT_MSG_BYTES_MAX: u64 = 1 << 20;
 /// Append messages in flight per follower (etcd's 4096 / 256 by default).
@@ -147,6 +147,8 @@ enum Command {
         target: u64,
         reply: Done,
     },
+    /// The apply thread moved on (reads may be released, a snapshot marker due).
+    Applied,
 }
 
 /// Members found unreachable, and snapshot deliveries (member, delivered).
@@ -166,6 +168,15 @@ struct Shared {
     membership: RwLock<Membership>,
     /// Unary calls to other members.
     peers: PeerClients,
+    /// Clients waiting for their proposals, by request ID (answered by the
+    /// apply thread).
+    waiters: Mutex<HashMap<u64, Reply>>,
+    /// The backend's last durable commit: (applied index, term).
+    durable: Mutex<(u64, u64)>,
+    /// An `Applied` wake-up is queued for the raft loop (at most one is).
+    applied_wake: AtomicBool,
+    /// Why the apply thread stopped, if it failed.
+    apply_error: Mutex<Option<ServerError>>,
     /// Delivery reports from the transport, drained by the raft loop each turn.
     peer_events: Mutex<PeerReports>,
     queued_proposals: AtomicUsize,
@@ -365,6 +376,10 @@ impl Member {
             client_urls: cfg.advertise_client_urls.clone(),
             membership: RwLock::new(membership.clone()),
             peers: PeerClients::new(me),
+            waiters: Mutex::new(HashMap::new()),
+            durable: Mutex::new((applied, applied_term)),
+            applied_wake: AtomicBool::new(false),
+            apply_error: Mutex::new(None),
             peer_events: Mutex::new((HashSet::new(), Vec::new())),
             queued_proposals: AtomicUsize::new(0),
             queued_steps: AtomicUsize::new(0),
@@ -401,20 +416,41 @@ impl Member {
         });
         let peer_list: Vec<(u64, Vec<String>)> = membership.iter().map(|m| (m.id, m.peer_urls.clone())).collect();
         let transport = Transport::start(&runtime, me, &peer_list, events);
+        let (apply_tx, apply_rx) = mpsc::sync_channel(APPLY_QUEUE_BATCHES_MAX);
+        let mut applier = Applier {
+            store,
+            shared: shared.clone(),
+            cfg: cfg.clone(),
+            runtime,
+            rx: apply_rx,
+            applied,
+            applied_term,
+            durable_applied: applied,
+            last_durable_at: Instant::now(),
+        };
+        let applier = std::thread::Builder::new()
+            .name("ketch-apply".into())
+            .spawn(move || {
+                let result = applier.run();
+                if let Err(e) = &result {
+                    tracing::error!(error = %e, "apply thread stopped");
+                    *applier.shared.apply_error.lock().expect("apply error lock poisoned") = Some(e.clone());
+                    applier.shared.stop_requested.store(true, Ordering::SeqCst);
+                    let _ = applier.shared.tx.try_send(Command::Applied);
+                }
+                result
+            })
+            .map_err(|e| internal("spawning the apply thread", &e))?;
         let mut raft_loop = RaftLoop {
             core,
             wal,
-            store,
             rx,
             shared: shared.clone(),
             transport,
-            runtime,
             cfg: cfg.clone(),
-            waiters: HashMap::new(),
-            applied,
-            durable_applied: applied,
-            durable_term: applied_term,
-            last_durable_at: Instant::now(),
+            apply_tx: Some(apply_tx),
+            applier: Some(applier),
+            handed: applied,
             snapshot_index,
             snapshot_count: cfg.snapshot_count.max(1),
             tick: Duration::from_millis(cfg.heartbeat_ms.max(1)),
@@ -741,18 +777,15 @@ fn bootstrap_ids(cfg: &MemberConfig) -> Result<(u64, u64), ServerError> {
 struct RaftLoop {
     core: RaftCore,
     wal: Wal,
-    store: Arc<Store>,
     rx: Receiver<Command>,
     shared: Arc<Shared>,
     transport: Transport,
-    /// For the blocking parts of talking to peers (snapshot fetches).
-    runtime: tokio::runtime::Handle,
     cfg: MemberConfig,
-    waiters: HashMap<u64, Reply>,
-    applied: u64,
-    durable_applied: u64,
-    durable_term: u64,
-    last_durable_at: Instant,
+    /// Committed entries go to the apply thread through this (None once stopping).
+    apply_tx: Option<SyncSender<ApplyMsg>>,
+    applier: Option<JoinHandle<Result<(), ServerError>>>,
+    /// Last raft index handed to the apply thread.
+    handed: u64,
     snapshot_index: u64,
     snapshot_count: u64,
     tick: Duration,
@@ -807,23 +840,41 @@ impl RaftLoop {
     /// and learns the rest from the leader (linearizable reads wait for that).
     fn catch_up_on_start(&mut self, lone_voter: bool) -> Result<(), ServerError> {
         self.process_ready()?;
-        if !lone_voter {
-            self.publish();
-            return Ok(());
-        }
-        for _ in 0..START_CATCH_UP_TURNS_MAX {
-            if self.applied >= self.core.last_index() {
-                self.lease_duties();
-                self.publish();
-                return Ok(());
+        if lone_voter {
+            for _ in 0..START_CATCH_UP_TURNS_MAX {
+                if self.handed >= self.core.last_index() {
+                    break;
+                }
+                self.process_ready()?;
             }
-            self.process_ready()?;
+            if self.handed < self.core.last_index() {
+                return Err(ServerError::Internal(format!(
+                    "could not commit the log at start-up: {} of {}",
+                    self.handed,
+                    self.core.last_index()
+                )));
+            }
         }
-        Err(ServerError::Internal(format!(
-            "could not apply the log at start-up: applied {} of {}",
-            self.applied,
-            self.core.last_index()
-        )))
+        // Wait until the apply thread has applied what was handed over.
+        let deadline = Instant::now() + START_APPLY_WAIT;
+        while self.shared.applied_index.load(Ordering::SeqCst) < self.handed {
+            if let Some(e) = self.shared.apply_error.lock().expect("apply error lock poisoned").clone() {
+                return Err(e);
+            }
+            if Instant::now() >= deadline {
+                return Err(ServerError::Internal(format!(
+                    "could not apply the log at start-up within {START_APPLY_WAIT:?}: applied {} of {}",
+                    self.shared.applied_index.load(Ordering::SeqCst),
+                    self.handed
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if lone_voter {
+            self.lease_duties();
+        }
+        self.publish();
+        Ok(())
     }
 
     fn run(&mut self) -> Result<(), ServerError> {
@@ -872,17 +923,24 @@ impl RaftLoop {
             self.lease_duties();
             self.publish_attributes();
             self.check_transfer();
-            if self.applied > self.durable_applied && self.last_durable_at.elapsed() >= DURABLE_EVERY {
-                self.store.batch()?.commit(&[], true)?;
-                self.mark_durable(self.applied, self.durable_term_for(self.applied))?;
+            self.maybe_snapshot()?;
+            self.release_reads();
+            if let Some(e) = self.shared.apply_error.lock().expect("apply error lock poisoned").clone() {
+                return Err(e);
             }
             self.publish();
         }
-        // Clean shutdown: make the backend durable so the next start replays nothing.
-        if self.applied > self.durable_applied {
-            self.store.batch()?.commit(&[], true)?;
+        // Clean shutdown: the apply thread finishes what it was handed and makes
+        // the backend durable, so the next start replays nothing.
+        self.apply_tx = None;
+        if let Some(applier) = self.applier.take() {
+            match applier.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "apply thread failed"),
+                Err(_) => tracing::error!("apply thread panicked"),
+            }
         }
-        for (_, reply) in self.waiters.drain() {
+        for (_, reply) in self.shared.waiters.lock().expect("waiters lock poisoned").drain() {
             let _ = reply.send(Err(ServerError::Stopped));
         }
         self.reads.fail_all(ServerError::Stopped);
@@ -897,14 +955,13 @@ impl RaftLoop {
                 Command::Read(reply) | Command::MoveLeader { reply, .. } => {
                     let _ = reply.send(Err(ServerError::Stopped));
                 }
-                Command::Step(_) => {}
+                Command::Step(_) | Command::Applied => {}
             }
         }
-        Ok(())
-    }
-
-    fn durable_term_for(&self, index: u64) -> u64 {
-        self.core.term_of(index).unwrap_or(self.durable_term)
+        match self.shared.apply_error.lock().expect("apply error lock poisoned").clone() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     fn handle(&mut self, cmd: Command) {
@@ -913,7 +970,7 @@ impl RaftLoop {
                 self.shared.queued_proposals.fetch_sub(1, Ordering::SeqCst);
                 match self.core.propose(data) {
                     Ok(()) => {
-                        self.waiters.insert(id, reply);
+                        self.shared.waiters.lock().expect("waiters lock poisoned").insert(id, reply);
                     }
                     Err(ketch_raft::RaftError::ProposalDropped) => {
                         let _ = reply.send(Err(ServerError::NoLeader));
@@ -923,6 +980,7 @@ impl RaftLoop {
                     }
                 }
             }
+            Command::Applied => self.shared.applied_wake.store(false, Ordering::SeqCst),
             Command::Step(msg) => {
                 self.shared.queued_steps.fetch_sub(1, Ordering::SeqCst);
                 if let Err(e) = self.core.step(*msg) {
@@ -1036,7 +1094,7 @@ impl RaftLoop {
     }
 
     fn release_reads(&mut self) {
-        let applied = self.applied;
+        let applied = self.shared.applied_index.load(Ordering::SeqCst);
         let (ready, waiting): (Vec<_>, Vec<_>) = self.reads.confirmed.drain(..).partition(|(i, _)| *i <= applied);
         self.reads.confirmed = waiting;
         for w in ready.into_iter().flat_map(|(_, w)| w) {
@@ -1051,6 +1109,8 @@ impl RaftLoop {
             if let Some(meta) = rd.snapshot {
                 self.install_snapshot(meta)?;
             }
+            // (Entries committed in a ready are in the log already: they go to
+            // the apply thread while this thread persists the new ones.)
             for e in &rd.entries {
                 self.wal.append_entry(e.index, &codec::encode_entry(e)).map_err(wal_err)?;
             }
@@ -1061,7 +1121,7 @@ impl RaftLoop {
                 self.wal.sync().map_err(wal_err)?;
             }
             self.read_states(rd.read_states);
-            self.apply(rd.committed)?;
+            self.hand_over(rd.committed)?;
             let after = self.core.persisted();
             // What depends on the persisted state goes out only now.
             self.transport.send(rd.persisted_messages);
@@ -1070,167 +1130,10 @@ impl RaftLoop {
                 // Recorded without a sync: it becomes durable with the next batch.
                 self.wal.set_hard_state(&codec::encode_hard_state(&self.core.hard_state())).map_err(wal_err)?;
             }
-            self.apply(after.committed)?;
+            self.hand_over(after.committed)?;
             self.release_reads();
         }
         Ok(())
-    }
-
-    /// Replaces the store with a copy of another member's that covers the
-    /// leader's snapshot `meta`, then records it in the WAL. Retries (other
-    /// members too) until it succeeds or the member is stopped.
-    fn install_snapshot(&mut self, meta: SnapshotMetadata) -> Result<(), ServerError> {
-        tracing::info!(index = meta.index, term = meta.term, "installing a snapshot from the leader");
-        let me = self.shared.member_id;
-        loop {
-            let leader = self.core.leader_id();
-            let membership = self.shared.membership.read().expect("membership lock poisoned").clone();
-            let mut sources: Vec<MemberInfo> = membership.iter().filter(|m| m.id != me).cloned().collect();
-            sources.sort_by_key(|m| m.id != leader);
-            for source in sources {
-                match self.fetch_snapshot(&source, meta.index) {
-                    Ok(()) => return self.after_snapshot(meta),
-                    Err(e) => tracing::warn!(from = %format!("{:x}", source.id), error = %e, "snapshot fetch failed"),
-                }
-            }
-            if self.shared.stop_requested.load(Ordering::SeqCst) {
-                return Err(ServerError::Stopped);
-            }
-            std::thread::sleep(SNAPSHOT_FETCH_BACKOFF);
-        }
-    }
-
-    fn fetch_snapshot(&mut self, source: &MemberInfo, min_index: u64) -> Result<(), ServerError> {
-        let peers = &self.shared.peers;
-        let runtime = self.runtime.clone();
-        let mut stream = runtime.block_on(peers.fetch_snapshot(source.id, &source.peer_urls, min_index))?;
-        let mut chunks = 0usize;
-        self.store.install(storage::LOCAL_META, || {
-            let next =
-                runtime.block_on(async { tokio::time::timeout(Duration::from_secs(30), stream.message()).await });
-            match next {
-                Ok(Ok(Some(chunk))) => {
-                    chunks += 1;
-                    crate::peer::records_from_wire(chunk).map(Some).map_err(ketch_mvcc::MvccError::Snapshot)
-                }
-                Ok(Ok(None)) => Ok(None),
-                Ok(Err(status)) => Err(ketch_mvcc::MvccError::Snapshot(status.message().to_string())),
-                Err(_) => Err(ketch_mvcc::MvccError::Snapshot("timed out waiting for the next chunk".into())),
-            }
-        })?;
-        tracing::info!(from = %format!("{:x}", source.id), chunks, "snapshot installed");
-        Ok(())
-    }
-
-    /// After an install: the applied position, lessor and membership come from
-    /// the new store; the WAL records the snapshot (at the store's own applied
-    /// index, which may be past the leader's snapshot index).
-    fn after_snapshot(&mut self, meta: SnapshotMetadata) -> Result<(), ServerError> {
-        let applied = storage::u64_meta(self.store.meta(storage::META_CONSISTENT_INDEX)?).unwrap_or(meta.index);
-        let term = storage::u64_meta(self.store.meta(storage::META_CONSISTENT_TERM)?).unwrap_or(meta.term);
-        if applied < meta.index {
-            return Err(ServerError::Internal(format!(
-                "snapshot store is at index {applied}, behind the snapshot index {}",
-                meta.index
-            )));
-        }
-        let mut marker = SnapshotMetadata { index: applied, term, ..Default::default() };
-        marker.set_conf_state(meta.get_conf_state().clone());
-        self.wal.mark_snapshot(applied, &codec::encode_snapshot_metadata(&marker)).map_err(wal_err)?;
-        self.wal.sync().map_err(wal_err)?;
-        self.applied = applied;
-        self.durable_applied = applied;
-        self.durable_term = term;
-        self.snapshot_index = applied;
-        self.last_durable_at = Instant::now();
-        self.shared.applied_index.store(applied, Ordering::SeqCst);
-        *self.shared.lessor() = restore_lessor(&self.store, &self.cfg)?;
-        self.was_leader = false;
-        if let Some(bytes) = self.store.meta(storage::META_MEMBERS)? {
-            *self.shared.membership.write().expect("membership lock poisoned") = Membership::decode(&bytes)?;
-        }
-        Ok(())
-    }
-
-    fn apply(&mut self, entries: Vec<Entry>) -> Result<(), ServerError> {
-        let Some(last_given) = entries.last().map(|e| e.index) else { return Ok(()) };
-        let entries: Vec<Entry> = entries.into_iter().filter(|e| e.index > self.applied).collect();
-        let Some(last) = entries.last() else {
-            // All covered by an installed snapshot already.
-            self.core.applied_to(last_given);
-            return Ok(());
-        };
-        let (last_index, last_term) = (last.index, last.term);
-        let store = self.store.clone();
-        let mut batch = store.batch()?;
-        let mut results = Vec::new();
-        let mut membership_changed = false;
-        for e in &entries {
-            if e.get_entry_type() != EntryType::EntryNormal {
-                tracing::warn!(
-                    index = e.index,
-                    "ignoring a configuration change entry: membership changes are not supported yet"
-                );
-                continue;
-            }
-            if e.data.is_empty() {
-                continue; // a new leader's empty entry
-            }
-            let req = InternalRaftRequest::decode(&e.data[..])
-                .map_err(|err| ServerError::Internal(format!("raft entry {} does not decode: {err}", e.index)))?;
-            let id = req.header.as_ref().map_or(req.id, |h| h.id);
-            if let Some(attrs) = &req.cluster_member_attr_set {
-                membership_changed |= self.apply_member_attributes(attrs);
-                results.push((id, Ok(Applied::Attributes)));
-                continue;
-            }
-            let now = self.shared.now_ms();
-            let result = apply_request(&mut batch, &req, &mut self.shared.lessor(), now);
-            if let Err(ServerError::Internal(why)) = &result {
-                return Err(ServerError::Internal(format!("applying entry {}: {why}", e.index)));
-            }
-            results.push((id, result));
-        }
-        let durable = last_index - self.durable_applied >= DURABLE_EVERY_ENTRIES
-            || self.last_durable_at.elapsed() >= DURABLE_EVERY;
-        let members =
-            membership_changed.then(|| self.shared.membership.read().expect("membership lock poisoned").encode());
-        let mut meta: Vec<(&str, &[u8])> = Vec::with_capacity(3);
-        let (index_bytes, term_bytes) = (last_index.to_le_bytes(), last_term.to_le_bytes());
-        meta.push((storage::META_CONSISTENT_INDEX, &index_bytes));
-        meta.push((storage::META_CONSISTENT_TERM, &term_bytes));
-        if let Some(m) = &members {
-            meta.push((storage::META_MEMBERS, m));
-        }
-        let events = batch.commit(&meta, durable)?;
-        self.shared.watch_hub.publish(events);
-        self.applied = last_index;
-        self.core.applied_to(last_index.max(last_given));
-        self.shared.applied_index.store(last_index, Ordering::SeqCst);
-        for (id, result) in results {
-            if let Some(reply) = self.waiters.remove(&id) {
-                let _ = reply.send(result);
-            }
-        }
-        if durable {
-            self.mark_durable(last_index, last_term)?;
-        }
-        Ok(())
-    }
-
-    /// A member published its name and client URLs; true if that changed anything.
-    fn apply_member_attributes(&mut self, attrs: &ketch_proto::membershippb::ClusterMemberAttrSetRequest) -> bool {
-        let Some(a) = &attrs.member_attributes else { return false };
-        let mut membership = self.shared.membership.write().expect("membership lock poisoned");
-        let before = membership.get(attrs.member_id).cloned();
-        if !membership.set_attributes(attrs.member_id, &a.name, &a.client_urls) {
-            tracing::warn!(member = %format!("{:x}", attrs.member_id), "attributes for an unknown member ignored");
-            return false;
-        }
-        if attrs.member_id == self.shared.member_id {
-            self.published_at = None;
-        }
-        before.as_ref() != membership.get(attrs.member_id)
     }
 
     /// Proposes this member's name and client URLs until the cluster has them
@@ -1259,13 +1162,56 @@ impl RaftLoop {
         self.propose_internal(InternalRaftRequest { cluster_member_attr_set: Some(attrs), ..Default::default() });
     }
 
-    /// The backend durably holds everything up to `index`: maybe take a snapshot
-    /// (a WAL marker; the backend itself is the snapshot) and drop old log.
-    fn mark_durable(&mut self, index: u64, term: u64) -> Result<(), ServerError> {
-        self.durable_applied = index;
-        self.durable_term = term;
-        self.last_durable_at = Instant::now();
-        if index - self.snapshot_index < self.snapshot_count {
+    /// Hands committed entries to the apply thread (waits if it is
+    /// [`APPLY_QUEUE_BATCHES_MAX`] batches behind).
+    fn hand_over(&mut self, entries: Vec<Entry>) -> Result<(), ServerError> {
+        let Some(last) = entries.last().map(|e| e.index) else { return Ok(()) };
+        let entries: Vec<Entry> = entries.into_iter().filter(|e| e.index > self.handed).collect();
+        self.core.applied_to(last);
+        if entries.is_empty() {
+            return Ok(()); // covered by an installed snapshot
+        }
+        self.handed = last;
+        let tx = self.apply_tx.as_ref().ok_or(ServerError::Stopped)?;
+        tx.send(ApplyMsg::Entries(entries)).map_err(|_| self.apply_failure())
+    }
+
+    fn apply_failure(&self) -> ServerError {
+        self.shared
+            .apply_error
+            .lock()
+            .expect("apply error lock poisoned")
+            .clone()
+            .unwrap_or_else(|| ServerError::Internal("the apply thread stopped".into()))
+    }
+
+    /// Has the apply thread replace the store with a copy of another member's
+    /// covering the leader's snapshot `meta` (after everything handed before),
+    /// then records it in the WAL at the installed store's applied index (which
+    /// may be past the snapshot's: entries up to it are skipped on apply).
+    fn install_snapshot(&mut self, meta: SnapshotMetadata) -> Result<(), ServerError> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        let leader = self.core.leader_id();
+        let conf_state = meta.get_conf_state().clone();
+        let tx = self.apply_tx.as_ref().ok_or(ServerError::Stopped)?;
+        tx.send(ApplyMsg::Snapshot { meta, leader, reply }).map_err(|_| self.apply_failure())?;
+        let (applied, term) = answer.recv().map_err(|_| self.apply_failure())??;
+        let mut marker = SnapshotMetadata { index: applied, term, ..Default::default() };
+        marker.set_conf_state(conf_state);
+        self.wal.mark_snapshot(applied, &codec::encode_snapshot_metadata(&marker)).map_err(wal_err)?;
+        self.wal.sync().map_err(wal_err)?;
+        self.handed = applied;
+        self.snapshot_index = applied;
+        self.was_leader = false;
+        Ok(())
+    }
+
+    /// When the backend durably holds `--snapshot-count` entries past the last
+    /// snapshot: take one (a WAL marker; the backend itself is the snapshot)
+    /// and drop old log.
+    fn maybe_snapshot(&mut self) -> Result<(), ServerError> {
+        let (index, term) = *self.shared.durable.lock().expect("durable lock poisoned");
+        if index < self.snapshot_index || index - self.snapshot_index < self.snapshot_count {
             return Ok(());
         }
         let mut meta = SnapshotMetadata { index, term, ..Default::default() };
@@ -1342,116 +1288,4 @@ impl RaftLoop {
         self.shared.leader.store(self.core.leader_id(), Ordering::SeqCst);
         self.shared.commit_index.store(self.core.commit_index(), Ordering::SeqCst);
     }
-}
-
-/// The lessor as the apply layer sees it.
-struct LessorLeases<'a>(&'a mut Lessor);
-
-impl apply::Leases for LessorLeases<'_> {
-    fn exists(&self, id: i64) -> bool {
-        self.0.exists(id)
-    }
-    fn attach(&mut self, key: &[u8], lease: i64) {
-        if lease == 0 {
-            self.0.detach(key);
-        } else if let Err(e) = self.0.attach(key, lease) {
-            // Checked before the write; reaching this is a bug, not bad input.
-            panic!("attaching a key to lease {lease}: {e}");
-        }
-    }
-    fn detach(&mut self, key: &[u8]) {
-        self.0.detach(key);
-    }
-}
-
-fn lease_error(e: LeaseError) -> ServerError {
-    match e {
-        LeaseError::NotFound | LeaseError::Expired => ServerError::LeaseNotFound,
-        LeaseError::AlreadyExists => ServerError::LeaseExists,
-        LeaseError::TtlTooLarge => ServerError::LeaseTtlTooLarge,
-        LeaseError::NotPrimary => ServerError::NotLeader,
-        other => ServerError::Internal(other.to_string()),
-    }
-}
-
-fn store_lease_record(batch: &mut ketch_mvcc::Batch<'_>, lessor: &Lessor, id: i64) -> Result<(), ServerError> {
-    batch.set_lease_record(id, lessor.record(id).as_deref())?;
-    Ok(())
-}
-
-fn apply_request(
-    batch: &mut ketch_mvcc::Batch<'_>,
-    req: &InternalRaftRequest,
-    lessor: &mut Lessor,
-    now_ms: u64,
-) -> Result<Applied, ServerError> {
-    let header = |rev: i64| Some(pb::ResponseHeader { revision: rev, ..Default::default() });
-    if let Some(p) = &req.put {
-        return apply::put(batch, p, &mut LessorLeases(lessor)).map(Applied::Put);
-    }
-    if let Some(d) = &req.delete_range {
-        return apply::delete_range(batch, d, &mut LessorLeases(lessor)).map(Applied::DeleteRange);
-    }
-    if let Some(t) = &req.txn {
-        return apply::txn(batch, t, &mut LessorLeases(lessor)).map(Applied::Txn);
-    }
-    if let Some(c) = &req.compaction {
-        return apply::compact(batch, c).map(Applied::Compaction);
-    }
-    if let Some(g) = &req.lease_grant {
-        let granted = lessor.grant(g.id, g.ttl, now_ms).map_err(lease_error)?;
-        store_lease_record(batch, lessor, granted.id)?;
-        let resp = pb::LeaseGrantResponse {
-            header: header(batch.rev()),
-            id: granted.id,
-            ttl: granted.ttl,
-            error: String::new(),
-        };
-        return Ok(Applied::LeaseGrant(resp));
-    }
-    if let Some(r) = &req.lease_revoke {
-        let keys = lessor.revoke(r.id).map_err(lease_error)?;
-        batch.set_lease_record(r.id, None)?;
-        let rev = apply::delete_keys(batch, &keys)?;
-        return Ok(Applied::LeaseRevoke(pb::LeaseRevokeResponse { header: header(rev) }));
-    }
-    if let Some(c) = &req.lease_checkpoint {
-        for cp in &c.checkpoints {
-            if lessor.checkpoint(cp.id, cp.remaining_ttl) {
-                store_lease_record(batch, lessor, cp.id)?;
-            }
-        }
-        return Ok(Applied::LeaseCheckpoint(pb::LeaseCheckpointResponse { header: header(batch.rev()) }));
-    }
-    Err(ServerError::Internal("raft entry carries no request this member can apply".into()))
-}
-
-/// Rebuilds the lessor from its records and the keys that name a lease.
-fn restore_lessor(store: &Store, cfg: &MemberConfig) -> Result<Lessor, ServerError> {
-    // etcd: minimum TTL = ceil(1.5 election timeouts), in whole ticks.
-    let election_ticks = (cfg.election_ms / cfg.heartbeat_ms.max(1)).max(1);
-    let min_ttl_ms = (3 * election_ticks / 2) * cfg.heartbeat_ms;
-    let min_ttl_secs = i64::try_from(min_ttl_ms.div_ceil(1000)).unwrap_or(i64::MAX);
-    let records = store.lease_records()?.into_iter().map(|(_, r)| r);
-    let mut lessor =
-        Lessor::restore(records, min_ttl_secs).map_err(|e| ServerError::Internal(format!("lease records: {e}")))?;
-    let view = store.read()?;
-    let mut from = vec![0u8];
-    loop {
-        let opts = RangeOptions { limit: LEASE_ATTACH_SCAN_KEYS, ..Default::default() };
-        let page = view.range(&from, &RangeEnd::Unbounded, opts)?;
-        for kv in page.kvs.iter().filter(|kv| kv.lease != 0) {
-            if lessor.attach(&kv.key, kv.lease).is_err() {
-                tracing::warn!(key = %String::from_utf8_lossy(&kv.key), lease = kv.lease, "key names a lease that no longer exists");
-            }
-        }
-        match page.kvs.last() {
-            Some(last) if page.kvs.len() == LEASE_ATTACH_SCAN_KEYS => {
-                from = last.key.clone();
-                from.push(0);
-            }
-            _ => break,
-        }
-    }
-    Ok(lessor)
 }
