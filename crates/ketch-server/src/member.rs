@@ -173,6 +173,8 @@ struct Shared {
     waiters: Mutex<HashMap<u64, Reply>>,
     /// The backend's last durable commit: (applied index, term).
     durable: Mutex<(u64, u64)>,
+    /// Since when this member has known no leader (None while it knows one).
+    leaderless_since: Mutex<Option<Instant>>,
     /// An `Applied` wake-up is queued for the raft loop (at most one is).
     applied_wake: AtomicBool,
     /// Why the apply thread stopped, if it failed.
@@ -379,6 +381,7 @@ impl Member {
             waiters: Mutex::new(HashMap::new()),
             durable: Mutex::new((applied, applied_term)),
             applied_wake: AtomicBool::new(false),
+            leaderless_since: Mutex::new(None),
             apply_error: Mutex::new(None),
             peer_events: Mutex::new((HashSet::new(), Vec::new())),
             queued_proposals: AtomicUsize::new(0),
@@ -679,6 +682,22 @@ impl Member {
             Ok(Ok(Err(e))) => tracing::warn!(error = %e, "leadership handover failed"),
             _ => tracing::warn!("leadership handover did not finish in time"),
         }
+    }
+
+    /// How long this member has known no leader (zero while it knows one).
+    pub fn leader_lost_for(&self) -> Duration {
+        self.shared.leaderless_since.lock().expect("leaderless lock poisoned").map_or(Duration::ZERO, |t| t.elapsed())
+    }
+
+    /// etcd's `monitorLeader`: streams opened with `hasleader` end with "no
+    /// leader" once the member has known no leader for three election timeouts.
+    pub fn leader_lost_too_long(&self) -> bool {
+        self.leader_lost_for() >= Duration::from_millis(3 * self.shared.election_ms)
+    }
+
+    /// How often a stream that requires a leader checks for one.
+    pub fn election_interval(&self) -> Duration {
+        Duration::from_millis(self.shared.election_ms.max(1))
     }
 
     pub fn membership(&self) -> Membership {
@@ -1286,6 +1305,14 @@ impl RaftLoop {
         self.shared.lone_voter.store(self.core.voters() == [self.shared.member_id], Ordering::SeqCst);
         self.shared.term.store(self.core.term(), Ordering::SeqCst);
         self.shared.leader.store(self.core.leader_id(), Ordering::SeqCst);
+        {
+            let mut since = self.shared.leaderless_since.lock().expect("leaderless lock poisoned");
+            match (self.core.leader_id(), since.is_some()) {
+                (0, false) => *since = Some(Instant::now()),
+                (0, true) => {}
+                (_, _) => *since = None,
+            }
+        }
         self.shared.commit_index.store(self.core.commit_index(), Ordering::SeqCst);
     }
 }

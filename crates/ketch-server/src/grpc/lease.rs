@@ -128,14 +128,31 @@ impl Lease for LeaseService {
         &self,
         request: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
-        if requires_leader(request.metadata()) && self.member.raft_status().leader == 0 {
+        let require_leader = requires_leader(request.metadata());
+        if require_leader && self.member.raft_status().leader == 0 {
             return Err(ServerError::NoLeader.into());
         }
         let mut incoming = request.into_inner();
         let (tx, rx) = mpsc::channel(KEEPALIVE_RESPONSES_QUEUED_MAX);
         let member = self.member.clone();
         tokio::spawn(async move {
-            while let Ok(Some(req)) = incoming.message().await {
+            let every = member.election_interval();
+            let mut leader_check = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            loop {
+                let req = tokio::select! {
+                    msg = incoming.message() => match msg {
+                        Ok(Some(req)) => req,
+                        _ => return,
+                    },
+                    _ = leader_check.tick(), if require_leader => {
+                        // etcd's monitorLeader: give up on a leaderless member.
+                        if member.leader_lost_too_long() {
+                            let _ = tx.send(Err(ServerError::NoLeader.into())).await;
+                            return;
+                        }
+                        continue;
+                    }
+                };
                 let reply = match renew(&member, req.id).await {
                     Ok(ttl) => {
                         let mut resp = LeaseKeepAliveResponse { header: None, id: req.id, ttl };

@@ -51,7 +51,8 @@ impl Watch for WatchService {
     type WatchStream = ReceiverStream<Result<WatchResponse, Status>>;
 
     async fn watch(&self, request: Request<Streaming<WatchRequest>>) -> Result<Response<Self::WatchStream>, Status> {
-        if requires_leader(request.metadata()) && self.member.raft_status().leader == 0 {
+        let require_leader = requires_leader(request.metadata());
+        if require_leader && self.member.raft_status().leader == 0 {
             return Err(ServerError::NoLeader.into());
         }
         let incoming = request.into_inner();
@@ -68,6 +69,7 @@ impl Watch for WatchService {
             compacted: BTreeSet::new(),
             synced_next,
             next_auto_id: 0,
+            require_leader,
         };
         tokio::spawn(stream.run(incoming, published));
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -139,6 +141,9 @@ struct WatchStream {
     /// been delivered to all of them.
     synced_next: i64,
     next_auto_id: i64,
+    /// Opened with `hasleader`: ends with "no leader" when the member has had
+    /// none for too long.
+    require_leader: bool,
 }
 
 impl WatchStream {
@@ -149,6 +154,8 @@ impl WatchStream {
     ) {
         let interval = self.member.watch_progress_notify_interval();
         let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        let every = self.member.election_interval();
+        let mut leader_check = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         loop {
             let step = tokio::select! {
                 msg = incoming.message() => match msg {
@@ -162,6 +169,13 @@ impl WatchStream {
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
                 _ = progress.tick() => self.on_progress_tick().await,
+                _ = leader_check.tick(), if self.require_leader => {
+                    if self.member.leader_lost_too_long() {
+                        let _ = self.out.send(Err(ServerError::NoLeader.into())).await;
+                        return;
+                    }
+                    Ok(())
+                }
             };
             if step.is_err() {
                 return;
