@@ -12,6 +12,8 @@
 //!   [`Member::restart`] on the same data dir and ports, and SIGKILL + wait on
 //!   drop. Children also get `PR_SET_PDEATHSIG(SIGKILL)`, so they die with the
 //!   test process even if it is killed before it can run destructors.
+//! - Twins: members with the same member and cluster IDs, from a shared
+//!   advertised peer URL ([`Member::start_with_peer_flags`]).
 //! - [`etcdctl`]: runs `/usr/bin/etcdctl` (`ETCDCTL_API=3`) against one endpoint
 //!   with a wall-clock bound; [`spawn_etcdctl`] starts a long-running one
 //!   (`etcdctl watch`) as an [`EtcdctlProcess`] whose output can be waited
@@ -38,6 +40,7 @@
 //!
 //! - `KETCH_BIN`: path of the ketch binary (default: `target/<profile>/ketch`
 //!   next to the test executable; build it with `cargo build -p ketch`).
+//! - `KETCHCTL_BIN`: path of the ketchctl binary, likewise ([`ketchctl_binary`]).
 //! - `KETCH_E2E_SUBJECT=etcd`: run the "subject" side of every test (the side
 //!   that is normally ketch) on a second real etcd instead. Used to validate
 //!   the harness and the tests themselves: everything must pass etcd-vs-etcd.
@@ -126,6 +129,31 @@ pub fn ketch_binary() -> PathBuf {
         "ketch binary not found at {}: run `cargo build -p ketch` first \
          (with the same profile as the tests, e.g. `--release` for `cargo test --release`), \
          or point KETCH_BIN at it",
+        bin.display()
+    );
+    bin
+}
+
+/// Path of the `ketchctl` binary: `$KETCHCTL_BIN`, or `target/<profile>/ketchctl`
+/// next to the test executable, as [`ketch_binary`] finds `ketch`.
+///
+/// Panics with a hint to run `cargo build -p ketchctl` if it does not exist.
+pub fn ketchctl_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("KETCHCTL_BIN") {
+        let path = PathBuf::from(path);
+        assert!(path.is_file(), "KETCHCTL_BIN={} does not exist or is not a file", path.display());
+        return path;
+    }
+    let exe = std::env::current_exe().expect("cannot find the path of the test executable");
+    let mut dir = exe.parent().expect("test executable has no parent directory").to_path_buf();
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.pop();
+    }
+    let bin = dir.join("ketchctl");
+    assert!(
+        bin.is_file(),
+        "ketchctl binary not found at {}: run `cargo build -p ketchctl` first \
+         (with the same profile as the tests), or point KETCHCTL_BIN at it",
         bin.display()
     );
     bin
@@ -247,6 +275,16 @@ impl Member {
     /// flags (`--name`, `--data-dir`, `--listen-client-urls`, ...), and waits
     /// until `Maintenance.Status` answers.
     pub async fn start(kind: Kind, extra_args: &[&str]) -> Member {
+        Member::start_with_peer_flags(kind, None, extra_args).await
+    }
+
+    /// Like [`Member::start`], with `peer_flags` in place of the
+    /// single-member `--initial-advertise-peer-urls` and `--initial-cluster`
+    /// flags. Two members started with the same advertised peer URL (one
+    /// that need not be reachable, e.g. `http://127.0.0.1:1`) get the same
+    /// member and cluster IDs: twins whose answers differ only in what the
+    /// requests made differ.
+    pub async fn start_with_peer_flags(kind: Kind, peer_flags: Option<Vec<String>>, extra_args: &[&str]) -> Member {
         let dir = tempfile::Builder::new()
             .prefix(&format!("ketch-e2e-{}-", kind.as_str()))
             .tempdir()
@@ -258,7 +296,7 @@ impl Member {
             client_port: 0,
             peer_port: 0,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
-            peer_flags: None,
+            peer_flags,
             child: None,
         };
         const ATTEMPTS: usize = 3;
@@ -535,7 +573,13 @@ pub struct Output {
 /// `etcdctl --endpoints=<endpoint> <args>` with `ETCDCTL_API=3`, none of the
 /// caller's other `ETCDCTL_*` variables, and every stream piped.
 fn etcdctl_command(endpoint: &str, args: &[&str]) -> Command {
-    let mut cmd = Command::new(ETCDCTL_BIN);
+    ctl_command(std::path::Path::new(ETCDCTL_BIN), endpoint, args)
+}
+
+/// `<program> --endpoints=<endpoint> <args>` set up as [`etcdctl`] runs
+/// etcdctl, for any etcdctl-compatible program (`ketchctl`).
+pub fn ctl_command(program: &std::path::Path, endpoint: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(program);
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("ETCDCTL_") {
             cmd.env_remove(key);
@@ -611,9 +655,14 @@ pub const ETCDCTL_POLL: Duration = Duration::from_millis(5);
 /// `PR_SET_PDEATHSIG(SIGKILL)` like the servers, so it cannot outlive the
 /// test process.
 pub fn spawn_etcdctl(endpoint: &str, args: &[&str]) -> EtcdctlProcess {
-    let mut cmd = etcdctl_command(endpoint, args);
+    spawn_ctl_command(etcdctl_command(endpoint, args))
+}
+
+/// Starts a prepared command (see [`ctl_command`]) like [`spawn_etcdctl`].
+pub fn spawn_ctl_command(mut cmd: Command) -> EtcdctlProcess {
     die_with_parent(&mut cmd);
-    let mut child = spawn_child(cmd).unwrap_or_else(|e| panic!("cannot run {ETCDCTL_BIN}: {e}"));
+    let program = cmd.get_program().to_owned();
+    let mut child = spawn_child(cmd).unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()));
     let stdin = child.stdin.take();
     let stdout = std::sync::Arc::new(Mutex::new(Vec::new()));
     let stderr = std::sync::Arc::new(Mutex::new(Vec::new()));
@@ -640,6 +689,11 @@ fn collect_in_thread(
 }
 
 impl EtcdctlProcess {
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Standard output so far (lossy UTF-8).
     pub fn stdout(&self) -> String {
         String::from_utf8_lossy(&self.stdout.lock().expect("output buffer poisoned")).into_owned()

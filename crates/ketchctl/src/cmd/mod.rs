@@ -1,0 +1,67 @@
+//! One function per etcdctl command; [`run`] dispatches on the command path.
+
+mod concurrency;
+mod endpoint;
+mod kv;
+mod lease;
+mod maintenance;
+mod member;
+mod txn;
+mod watch;
+
+use crate::cli::{self, Invocation};
+use crate::error::{CtlResult, EXIT_BAD_FEATURE, Exit, out};
+
+/// Runs the command `inv` names.
+pub async fn run(inv: Invocation) -> CtlResult {
+    match inv.path.as_str() {
+        "get" => kv::get(inv).await,
+        "put" => kv::put(inv).await,
+        "del" => kv::del(inv).await,
+        "txn" => txn::txn(inv).await,
+        "compaction" => kv::compaction(inv).await,
+        "watch" => watch::watch(inv).await,
+        "lease grant" => lease::grant(inv).await,
+        "lease revoke" => lease::revoke(inv).await,
+        "lease timetolive" => lease::time_to_live(inv).await,
+        "lease list" => lease::list(inv).await,
+        "lease keep-alive" => lease::keep_alive(inv).await,
+        "member add" => member::add(inv).await,
+        "member remove" => member::remove(inv).await,
+        "member update" => member::update(inv).await,
+        "member list" => member::list(inv).await,
+        "member promote" => member::promote(inv).await,
+        "endpoint health" => endpoint::health(inv).await,
+        "endpoint status" => endpoint::status(inv).await,
+        "endpoint hashkv" => endpoint::hash_kv(inv).await,
+        "move-leader" => maintenance::move_leader(inv).await,
+        "alarm list" => maintenance::alarm_list(inv).await,
+        "alarm disarm" => maintenance::alarm_disarm(inv).await,
+        "defrag" => maintenance::defrag(inv).await,
+        "snapshot save" => maintenance::snapshot_save(inv).await,
+        "lock" => concurrency::lock(inv).await,
+        "elect" => concurrency::elect(inv).await,
+        "version" => {
+            maintenance::version();
+            Ok(())
+        }
+        "help" => {
+            out(cli::help_command(&inv.args)?);
+            Ok(())
+        }
+        other => Err(unsupported(other)),
+    }
+}
+
+/// A command ketchctl does not implement: why, clearly, with etcdctl's
+/// "bad feature" exit code.
+fn unsupported(path: &str) -> Exit {
+    let group = path.split(' ').next().unwrap_or(path);
+    let why = match group {
+        "auth" | "user" | "role" => " (Ketch has no authentication yet)",
+        "snapshot" => " (it works offline on etcd's bbolt files, which Ketch does not use)",
+        "migrate" => " (it migrates etcd v2 data, which Ketch never had)",
+        _ => "",
+    };
+    Exit::error(EXIT_BAD_FEATURE, format!("ketchctl: `{path}` is not supported yet{why}"))
+}
