@@ -73,6 +73,15 @@ mod retry;
 mod watch;
 
 pub use client::{Client, ClientOptions};
+
+/// Whether a failed call provably never left this process: the connection to
+/// the endpoint could not be made (tonic's `ConnectError` is in the error's
+/// source chain), so the request took no effect. The rule [`Client`] uses to
+/// decide that a write may be sent again; exposed for tools that record
+/// histories with raw gRPC clients.
+pub fn request_never_sent(status: &tonic::Status) -> bool {
+    retry::never_sent(status)
+}
 pub use cluster::Cluster;
 pub use error::{Error, ErrorKind, EtcdError, Result};
 pub use kv::{

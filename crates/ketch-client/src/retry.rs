@@ -83,7 +83,7 @@ pub(crate) fn classify(status: &Status) -> Failure {
 
 /// Whether the status's source chain holds tonic's [`tonic::ConnectError`]:
 /// the dial failed and the request was failed without being written.
-fn never_sent(status: &Status) -> bool {
+pub(crate) fn never_sent(status: &Status) -> bool {
     let mut source: Option<&(dyn StdError + 'static)> = status.source();
     while let Some(err) = source {
         if err.is::<tonic::ConnectError>() {
