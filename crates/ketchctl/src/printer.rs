@@ -228,64 +228,45 @@ impl Printer {
         Ok(())
     }
 
-    /// `get`'s answer.
-    pub fn get(&self, r: &RangeResponse) -> CtlResult {
+    /// The answer of a KV call in any format but table, which etcdctl refuses.
+    fn kv_answer<M: Message>(
+        &self,
+        r: &M,
+        simple: impl FnOnce(&mut Vec<u8>),
+        json: impl FnOnce() -> String,
+        fields: impl FnOnce(&mut String) -> CtlResult,
+    ) -> CtlResult {
         match self.format {
             Format::Simple => {
                 let mut o = Vec::new();
-                self.simple_get(&mut o, r);
+                simple(&mut o);
                 out(o);
             }
-            Format::Json => out(json::range(r) + "\n"),
+            Format::Json => out(json() + "\n"),
             Format::Fields => {
                 let mut s = String::new();
-                Self::fields_get(&mut s, r)?;
+                fields(&mut s)?;
                 out(s);
             }
             Format::Protobuf => protobuf(r),
             Format::Table => return Err(self.unsupported()),
         }
         Ok(())
+    }
+
+    /// `get`'s answer.
+    pub fn get(&self, r: &RangeResponse) -> CtlResult {
+        self.kv_answer(r, |o| self.simple_get(o, r), || json::range(r), |s| Self::fields_get(s, r))
     }
 
     /// `put`'s answer.
     pub fn put(&self, r: &PutResponse) -> CtlResult {
-        match self.format {
-            Format::Simple => {
-                let mut o = Vec::new();
-                self.simple_put(&mut o, r);
-                out(o);
-            }
-            Format::Json => out(json::put(r) + "\n"),
-            Format::Fields => {
-                let mut s = String::new();
-                Self::fields_put(&mut s, r)?;
-                out(s);
-            }
-            Format::Protobuf => protobuf(r),
-            Format::Table => return Err(self.unsupported()),
-        }
-        Ok(())
+        self.kv_answer(r, |o| self.simple_put(o, r), || json::put(r), |s| Self::fields_put(s, r))
     }
 
     /// `del`'s answer.
     pub fn del(&self, r: &DeleteRangeResponse) -> CtlResult {
-        match self.format {
-            Format::Simple => {
-                let mut o = Vec::new();
-                self.simple_del(&mut o, r);
-                out(o);
-            }
-            Format::Json => out(json::delete(r) + "\n"),
-            Format::Fields => {
-                let mut s = String::new();
-                Self::fields_del(&mut s, r)?;
-                out(s);
-            }
-            Format::Protobuf => protobuf(r),
-            Format::Table => return Err(self.unsupported()),
-        }
-        Ok(())
+        self.kv_answer(r, |o| self.simple_del(o, r), || json::delete(r), |s| Self::fields_del(s, r))
     }
 
     /// `txn`'s answer.
