@@ -808,8 +808,11 @@ fn writes(t: &mut Twins) {
 async fn watch_matches_etcdctl() {
     let mut t = Twins::start(Kind::Etcd).await;
     t.expect(&["put", "w/old", "0"], "OK\n");
-    // etcdctl shows nothing when a watch is created: the watches start at
-    // the next revision, so when they start does not matter.
+    // The changes are made before the watches start, so every watch gets
+    // them as history. Live events would arrive one response per revision
+    // or batched depending on when each watch was set up, which shows in
+    // the protobuf output.
+    writes(&mut t);
     let cases: &[&[&str]] = &[
         &["watch", "w/", "--prefix", "--rev=3"],
         &["watch", "w/a", "--prev-kv", "-w", "json", "--rev", "3"],
@@ -821,11 +824,12 @@ async fn watch_matches_etcdctl() {
     for args in cases {
         running.push((args, t.spawn(args)));
     }
-    writes(&mut t);
     for (args, procs) in running {
         let last = match args.iter().position(|a| *a == "-w").map(|i| args[i + 1]) {
-            Some("json") => "\"revision\":6",
-            Some("fields") => "\"Revision\" : 6",
+            // History is sent in one response at the current revision (7,
+            // after the put outside the range).
+            Some("json") => "\"revision\":7",
+            Some("fields") => "\"Revision\" : 7",
             Some("protobuf") => "w/a",
             _ if args.contains(&"--hex") => "\\x33",
             _ => "DELETE",
