@@ -151,7 +151,8 @@ pub(crate) struct State {
 /// The multi-version store. Readers run concurrently with each other; a write
 /// [`Batch`] excludes readers for its duration, so no reader sees half a request.
 pub struct Store {
-    path: PathBuf,
+    /// The backend file (None for another storage backend).
+    file: Option<PathBuf>,
     pub(crate) db: Database,
     pub(crate) state: RwLock<State>,
     /// The last committed revision, readable without waiting for a writer.
@@ -168,6 +169,23 @@ impl Store {
             }
             e => e.into(),
         })?;
+        Store::open_db(db, fresh, path, Some(path.to_path_buf()))
+    }
+
+    /// Opens the store on a storage backend other than a file (a simulator's
+    /// disk). `label` names it in errors; [`Store::file_size`] reports 0.
+    pub fn open_with_backend(backend: impl redb::StorageBackend, label: &Path) -> Result<Store, MvccError> {
+        let fresh = backend.len().map_err(|e| MvccError::Storage(redb::StorageError::from(e).into()))? == 0;
+        let db = redb::Builder::new().create_with_backend(backend).map_err(|e| match e {
+            redb::DatabaseError::Storage(redb::StorageError::Corrupted(why)) => {
+                MvccError::Foreign { path: label.to_path_buf(), why }
+            }
+            e => e.into(),
+        })?;
+        Store::open_db(db, fresh, label, None)
+    }
+
+    fn open_db(db: Database, fresh: bool, path: &Path, file: Option<PathBuf>) -> Result<Store, MvccError> {
         let txn = db.begin_write()?;
         {
             let mut meta = txn.open_table(META)?;
@@ -192,12 +210,7 @@ impl Store {
 
         let state = load_state(&db)?;
         let current_rev = state.current_rev;
-        Ok(Store {
-            path: path.to_path_buf(),
-            db,
-            state: RwLock::new(state),
-            committed_rev: AtomicI64::new(current_rev),
-        })
+        Ok(Store { file, db, state: RwLock::new(state), committed_rev: AtomicI64::new(current_rev) })
     }
 
     pub fn read(&self) -> Result<ReadTxn<'_>, MvccError> {
@@ -245,7 +258,7 @@ impl Store {
 
     /// Size of the backend file in bytes.
     pub fn file_size(&self) -> u64 {
-        std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)
+        self.file.as_ref().and_then(|f| std::fs::metadata(f).ok()).map_or(0, |m| m.len())
     }
 }
 

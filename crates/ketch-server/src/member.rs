@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use ketch_lease::Lessor;
 use ketch_mvcc::Store;
@@ -43,8 +43,12 @@ use prost::Message as _;
 use tokio::sync::oneshot;
 
 mod applier;
+mod env;
+mod sim;
 
 use applier::{Applier, ApplyMsg, restore_lessor};
+pub use env::{Clock, MemberEnv, Outbox, PlantedBugs, SnapshotSource};
+pub use sim::SimMember;
 
 use crate::apply;
 use crate::cluster::{MemberInfo, Membership};
@@ -173,8 +177,9 @@ struct Shared {
     waiters: Mutex<HashMap<u64, Reply>>,
     /// The backend's last durable commit: (applied index, term).
     durable: Mutex<(u64, u64)>,
-    /// Since when this member has known no leader (None while it knows one).
-    leaderless_since: Mutex<Option<Instant>>,
+    /// Since when (clock ms) this member has known no leader (None while it
+    /// knows one).
+    leaderless_since: Mutex<Option<u64>>,
     /// An `Applied` wake-up is queued for the raft loop (at most one is).
     applied_wake: AtomicBool,
     /// Why the apply thread stopped, if it failed.
@@ -204,15 +209,17 @@ struct Shared {
     /// Lease bookkeeping: applied state (written only by the raft loop) plus the
     /// leader's expiry clock.
     lessor: Mutex<Lessor>,
-    /// The member's monotonic clock: milliseconds since this instant.
-    epoch: Instant,
+    /// The member's monotonic clock.
+    clock: Clock,
+    /// Test-only bugs a simulator may switch on (all off in a real member).
+    bugs: PlantedBugs,
     election_ms: u64,
     lease_checkpoint_interval: Option<Duration>,
 }
 
 impl Shared {
     fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+        self.clock.now_ms()
     }
 
     fn lessor(&self) -> MutexGuard<'_, Lessor> {
@@ -249,22 +256,60 @@ fn enqueue(shared: &Shared, counter: &AtomicUsize, max: usize, cmd: Command) -> 
     })
 }
 
-fn unix_millis() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
 impl Member {
-    /// Opens (or bootstraps) the data directory and starts the raft loop thread.
+    /// Opens (or bootstraps) the data directory and starts the raft loop and
+    /// apply threads.
     pub fn start(cfg: MemberConfig) -> Result<(Member, JoinHandle<Result<(), ServerError>>), ServerError> {
-        let runtime = tokio::runtime::Handle::try_current()
-            .map_err(|_| ServerError::Internal("Member::start must be called inside a tokio runtime".into()))?;
-        let layout = Layout::new(&cfg.data_dir);
-        layout.check_not_foreign()?;
+        let (member, mut raft_loop, mut applier) = Member::open(cfg, MemberEnv::real())?;
         let internal = |what: &str, e: &dyn std::fmt::Display| ServerError::Internal(format!("{what}: {e}"));
-        std::fs::create_dir_all(layout.member_dir())
-            .map_err(|e| internal(&layout.member_dir().display().to_string(), &e))?;
-        let existing = Wal::exists(&layout.wal_dir());
-        let store = Arc::new(Store::open(&layout.backend_path())?);
+        let applier = std::thread::Builder::new()
+            .name("ketch-apply".into())
+            .spawn(move || {
+                let result = applier.run();
+                if let Err(e) = &result {
+                    tracing::error!(error = %e, "apply thread stopped");
+                    *applier.shared.apply_error.lock().expect("apply error lock poisoned") = Some(e.clone());
+                    applier.shared.stop_requested.store(true, Ordering::SeqCst);
+                    let _ = applier.shared.tx.try_send(Command::Applied);
+                }
+                result
+            })
+            .map_err(|e| internal("spawning the apply thread", &e))?;
+        raft_loop.applier = Some(applier);
+        // Serve nothing until every entry in the log is applied: the backend may
+        // have rolled back to its last durable commit, and reads must not see that.
+        raft_loop.catch_up_on_start()?;
+        let handle = std::thread::Builder::new()
+            .name("ketch-raft".into())
+            .spawn(move || {
+                let result = raft_loop.run();
+                raft_loop.shared.stopped.store(true, Ordering::SeqCst);
+                // Nobody waits for readiness of a stopped member.
+                raft_loop.shared.ready.send_replace(true);
+                if let Err(e) = &result {
+                    tracing::error!(error = %e, "raft loop stopped");
+                }
+                result
+            })
+            .map_err(|e| internal("spawning the raft loop", &e))?;
+        Ok((member, handle))
+    }
+
+    /// Opens (or bootstraps) the member's state in `env`: the handle, the raft
+    /// loop and the applier, none of them running yet.
+    fn open(cfg: MemberConfig, env: MemberEnv) -> Result<(Member, RaftLoop, Applier), ServerError> {
+        let layout = Layout::new(&cfg.data_dir);
+        let internal = |what: &str, e: &dyn std::fmt::Display| ServerError::Internal(format!("{what}: {e}"));
+        let store = match env.store.clone() {
+            Some(store) => store,
+            None => {
+                layout.check_not_foreign()?;
+                std::fs::create_dir_all(layout.member_dir())
+                    .map_err(|e| internal(&layout.member_dir().display().to_string(), &e))?;
+                Arc::new(Store::open(&layout.backend_path())?)
+            }
+        };
+        let existing = Wal::exists_in(&*env.wal_fs, &layout.wal_dir());
 
         let (member_id, cluster_id, membership) = if existing {
             let member_id = storage::u64_meta(store.meta(storage::META_MEMBER_ID)?);
@@ -307,8 +352,8 @@ impl Member {
             (m, c, membership)
         };
 
-        let (mut wal, replay) =
-            Wal::open(&layout.wal_dir(), WalOptions::default()).map_err(|e| internal("opening the WAL", &e))?;
+        let (mut wal, replay) = Wal::open_in(env.wal_fs.clone(), &layout.wal_dir(), WalOptions::default())
+            .map_err(|e| internal("opening the WAL", &e))?;
         if replay.repaired_bytes > 0 {
             tracing::warn!(bytes = replay.repaired_bytes, "cut a torn record off the WAL tail");
         }
@@ -350,9 +395,7 @@ impl Member {
             pre_vote: cfg.pre_vote,
             max_size_per_msg: RAFT_MSG_BYTES_MAX,
             max_inflight_msgs: RAFT_INFLIGHT_MSGS_MAX,
-            // A simulator passes its own seed; a real member wants a different
-            // jitter from every other member's.
-            seed: rand::random(),
+            seed: env.seed,
         };
         let restored = Restored { snapshot, hard_state, entries, applied };
         let mut core = RaftCore::new(&raft_cfg, restored).map_err(|e| internal("restoring raft state", &e))?;
@@ -370,7 +413,7 @@ impl Member {
         let shared = Arc::new(Shared {
             store: store.clone(),
             tx,
-            ids: RequestIds::new(member_id, unix_millis()),
+            ids: RequestIds::new(member_id, env.id_epoch_ms),
             member_id,
             cluster_id,
             name: cfg.name.clone(),
@@ -401,7 +444,8 @@ impl Member {
             watch_hub: WatchHub::default(),
             watch_progress_notify_interval: cfg.watch_progress_notify_interval,
             lessor: Mutex::new(lessor),
-            epoch: Instant::now(),
+            clock: env.clock.clone(),
+            bugs: env.bugs,
             election_ms: cfg.election_ms,
             lease_checkpoint_interval: cfg.lease_checkpoint_interval,
         });
@@ -417,34 +461,32 @@ impl Member {
                 }
             }
         });
-        let peer_list: Vec<(u64, Vec<String>)> = membership.iter().map(|m| (m.id, m.peer_urls.clone())).collect();
-        let transport = Transport::start(&runtime, me, &peer_list, events);
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        let transport: Box<dyn Outbox> = match env.outbox {
+            Some(outbox) => outbox,
+            None => {
+                let runtime = runtime.as_ref().ok_or_else(|| {
+                    ServerError::Internal("a member with the gRPC transport must start inside a tokio runtime".into())
+                })?;
+                let peer_list: Vec<(u64, Vec<String>)> =
+                    membership.iter().map(|m| (m.id, m.peer_urls.clone())).collect();
+                Box::new(Transport::start(runtime, me, &peer_list, events))
+            }
+        };
         let (apply_tx, apply_rx) = mpsc::sync_channel(APPLY_QUEUE_BATCHES_MAX);
-        let mut applier = Applier {
+        let applier = Applier {
             store,
             shared: shared.clone(),
             cfg: cfg.clone(),
             runtime,
+            snapshots: env.snapshots.clone(),
             rx: apply_rx,
             applied,
             applied_term,
             durable_applied: applied,
-            last_durable_at: Instant::now(),
+            last_durable_at: shared.now_ms(),
         };
-        let applier = std::thread::Builder::new()
-            .name("ketch-apply".into())
-            .spawn(move || {
-                let result = applier.run();
-                if let Err(e) = &result {
-                    tracing::error!(error = %e, "apply thread stopped");
-                    *applier.shared.apply_error.lock().expect("apply error lock poisoned") = Some(e.clone());
-                    applier.shared.stop_requested.store(true, Ordering::SeqCst);
-                    let _ = applier.shared.tx.try_send(Command::Applied);
-                }
-                result
-            })
-            .map_err(|e| internal("spawning the apply thread", &e))?;
-        let mut raft_loop = RaftLoop {
+        let raft_loop = RaftLoop {
             core,
             wal,
             rx,
@@ -452,7 +494,9 @@ impl Member {
             transport,
             cfg: cfg.clone(),
             apply_tx: Some(apply_tx),
-            applier: Some(applier),
+            applier: None,
+            inline: None,
+            lone_voter_at_start: lone_voter,
             handed: applied,
             snapshot_index,
             snapshot_count: cfg.snapshot_count.max(1),
@@ -462,23 +506,7 @@ impl Member {
             transfer: None,
             published_at: None,
         };
-        // Serve nothing until every entry in the log is applied: the backend may
-        // have rolled back to its last durable commit, and reads must not see that.
-        raft_loop.catch_up_on_start(lone_voter)?;
-        let handle = std::thread::Builder::new()
-            .name("ketch-raft".into())
-            .spawn(move || {
-                let result = raft_loop.run();
-                raft_loop.shared.stopped.store(true, Ordering::SeqCst);
-                // Nobody waits for readiness of a stopped member.
-                raft_loop.shared.ready.send_replace(true);
-                if let Err(e) = &result {
-                    tracing::error!(error = %e, "raft loop stopped");
-                }
-                result
-            })
-            .map_err(|e| internal("spawning the raft loop", &e))?;
-        Ok((Member { shared }, handle))
+        Ok((Member { shared }, raft_loop, applier))
     }
 
     pub fn member_id(&self) -> u64 {
@@ -588,7 +616,19 @@ impl Member {
     }
 
     /// Proposes a write and waits until it is applied.
-    pub async fn propose(&self, mut req: InternalRaftRequest) -> Result<Applied, ServerError> {
+    pub async fn propose(&self, req: InternalRaftRequest) -> Result<Applied, ServerError> {
+        let rx = self.submit_proposal(req)?;
+        match tokio::time::timeout(self.shared.request_timeout, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(ServerError::Stopped),
+            Err(_) => Err(ServerError::Timeout),
+        }
+    }
+
+    fn submit_proposal(
+        &self,
+        mut req: InternalRaftRequest,
+    ) -> Result<oneshot::Receiver<Result<Applied, ServerError>>, ServerError> {
         if self.is_stopped() {
             return Err(ServerError::Stopped);
         }
@@ -607,6 +647,13 @@ impl Member {
         {
             return Err(ServerError::TooManyRequests);
         }
+        Ok(rx)
+    }
+
+    /// Waits until this member may serve a linearizable read: a ReadIndex round
+    /// confirmed the leader's commit index, and this member has applied it.
+    pub async fn linearizable_barrier(&self) -> Result<(), ServerError> {
+        let Some(rx) = self.submit_read_barrier()? else { return Ok(()) };
         match tokio::time::timeout(self.shared.request_timeout, rx).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(ServerError::Stopped),
@@ -614,25 +661,29 @@ impl Member {
         }
     }
 
-    /// Waits until this member may serve a linearizable read: a ReadIndex round
-    /// confirmed the leader's commit index, and this member has applied it.
-    pub async fn linearizable_barrier(&self) -> Result<(), ServerError> {
+    fn submit_read_barrier(&self) -> Result<Option<oneshot::Receiver<Result<(), ServerError>>>, ServerError> {
         if self.is_stopped() {
             return Err(ServerError::Stopped);
         }
         if self.shared.lone_voter.load(Ordering::SeqCst) {
             // A lone voter applies every write before acknowledging it.
-            return Ok(());
+            return Ok(None);
         }
         let (reply, rx) = oneshot::channel();
         let shared = &self.shared;
         if enqueue(shared, &shared.queued_proposals, PROPOSAL_QUEUE_MAX, Command::Read(reply)).is_err() {
             return Err(ServerError::TooManyRequests);
         }
-        match tokio::time::timeout(self.shared.request_timeout, rx).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(ServerError::Stopped),
-            Err(_) => Err(ServerError::Timeout),
+        Ok(Some(rx))
+    }
+
+    fn peer_event(&self, event: PeerEvent) {
+        let mut pending = self.shared.peer_events.lock().expect("peer event lock poisoned");
+        match event {
+            PeerEvent::Unreachable(id) => {
+                pending.0.insert(id);
+            }
+            PeerEvent::Snapshot(id, ok) => pending.1.push((id, ok)),
         }
     }
 
@@ -686,7 +737,8 @@ impl Member {
 
     /// How long this member has known no leader (zero while it knows one).
     pub fn leader_lost_for(&self) -> Duration {
-        self.shared.leaderless_since.lock().expect("leaderless lock poisoned").map_or(Duration::ZERO, |t| t.elapsed())
+        let since = *self.shared.leaderless_since.lock().expect("leaderless lock poisoned");
+        since.map_or(Duration::ZERO, |t| Duration::from_millis(self.shared.now_ms().saturating_sub(t)))
     }
 
     /// etcd's `monitorLeader`: streams opened with `hasleader` end with "no
@@ -798,11 +850,16 @@ struct RaftLoop {
     wal: Wal,
     rx: Receiver<Command>,
     shared: Arc<Shared>,
-    transport: Transport,
+    transport: Box<dyn Outbox>,
     cfg: MemberConfig,
     /// Committed entries go to the apply thread through this (None once stopping).
     apply_tx: Option<SyncSender<ApplyMsg>>,
     applier: Option<JoinHandle<Result<(), ServerError>>>,
+    /// In a simulation, the applier runs on the caller's thread, draining
+    /// `apply_tx` when told to (and when the raft loop must wait for it).
+    inline: Option<Box<Applier>>,
+    /// Whether this member was the only voter when it started.
+    lone_voter_at_start: bool,
     /// Last raft index handed to the apply thread.
     handed: u64,
     snapshot_index: u64,
@@ -811,10 +868,11 @@ struct RaftLoop {
     /// Leadership as last seen, to promote or demote the lessor on changes.
     was_leader: bool,
     reads: Reads,
-    /// A leadership handover in progress: target, deadline, who waits for it.
-    transfer: Option<(u64, Instant, Option<Done>)>,
-    /// When this member last proposed its attributes (None: not yet, or done).
-    published_at: Option<Instant>,
+    /// A leadership handover in progress: target, deadline (clock ms), who
+    /// waits for it.
+    transfer: Option<(u64, u64, Option<Done>)>,
+    /// When (clock ms) this member last proposed its attributes.
+    published_at: Option<u64>,
 }
 
 /// Linearizable reads in their three stages: waiting for the next ReadIndex
@@ -829,7 +887,8 @@ struct Reads {
 
 struct ReadRound {
     ctx: Vec<u8>,
-    asked_at: Instant,
+    /// Clock ms.
+    asked_at: u64,
     waiters: Vec<Done>,
 }
 
@@ -857,7 +916,8 @@ impl RaftLoop {
     /// everything in its log as soon as its new term's first entry is durable, so
     /// a few turns suffice; a cluster member applies what it knows committed
     /// and learns the rest from the leader (linearizable reads wait for that).
-    fn catch_up_on_start(&mut self, lone_voter: bool) -> Result<(), ServerError> {
+    fn catch_up_on_start(&mut self) -> Result<(), ServerError> {
+        let lone_voter = self.lone_voter_at_start;
         self.process_ready()?;
         if lone_voter {
             for _ in 0..START_CATCH_UP_TURNS_MAX {
@@ -875,12 +935,16 @@ impl RaftLoop {
             }
         }
         // Wait until the apply thread has applied what was handed over.
-        let deadline = Instant::now() + START_APPLY_WAIT;
+        let deadline = std::time::Instant::now() + START_APPLY_WAIT;
         while self.shared.applied_index.load(Ordering::SeqCst) < self.handed {
+            if let Some(applier) = &mut self.inline {
+                applier.drain(usize::MAX)?;
+                continue;
+            }
             if let Some(e) = self.shared.apply_error.lock().expect("apply error lock poisoned").clone() {
                 return Err(e);
             }
-            if Instant::now() >= deadline {
+            if std::time::Instant::now() >= deadline {
                 return Err(ServerError::Internal(format!(
                     "could not apply the log at start-up within {START_APPLY_WAIT:?}: applied {} of {}",
                     self.shared.applied_index.load(Ordering::SeqCst),
@@ -898,11 +962,11 @@ impl RaftLoop {
 
     fn run(&mut self) -> Result<(), ServerError> {
         let mut next_tick = Instant::now() + self.tick;
-        let mut stopping: Option<Instant> = None;
+        let mut stopping: Option<u64> = None;
         loop {
             if stopping.is_none() && self.shared.stop_requested.load(Ordering::SeqCst) {
                 // Hand leadership over first, so the cluster needs no election.
-                let deadline = Instant::now() + Duration::from_millis(self.shared.election_ms * 2);
+                let deadline = self.shared.now_ms() + self.shared.election_ms * 2;
                 if let Some(target) = self.core.most_caught_up_follower() {
                     tracing::info!(to = %format!("{target:x}"), "stopping: handing leadership over");
                     self.core.transfer_leader(target);
@@ -911,7 +975,7 @@ impl RaftLoop {
                 stopping = Some(deadline);
             }
             if let Some(deadline) = stopping
-                && (self.transfer.is_none() || Instant::now() >= deadline)
+                && (self.transfer.is_none() || self.shared.now_ms() >= deadline)
             {
                 break;
             }
@@ -929,7 +993,6 @@ impl RaftLoop {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
-            self.peer_events();
             let now = Instant::now();
             if now >= next_tick {
                 // After a long stall (a snapshot install), tick once rather than
@@ -937,17 +1000,7 @@ impl RaftLoop {
                 self.core.tick();
                 next_tick = now + self.tick;
             }
-            self.start_read_round();
-            self.process_ready()?;
-            self.lease_duties();
-            self.publish_attributes();
-            self.check_transfer();
-            self.maybe_snapshot()?;
-            self.release_reads();
-            if let Some(e) = self.shared.apply_error.lock().expect("apply error lock poisoned").clone() {
-                return Err(e);
-            }
-            self.publish();
+            self.turn()?;
         }
         // Clean shutdown: the apply thread finishes what it was handed and makes
         // the backend durable, so the next start replays nothing.
@@ -981,6 +1034,23 @@ impl RaftLoop {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+
+    /// Everything a loop turn does after taking in commands and ticks.
+    fn turn(&mut self) -> Result<(), ServerError> {
+        self.peer_events();
+        self.start_read_round();
+        self.process_ready()?;
+        self.lease_duties();
+        self.publish_attributes();
+        self.check_transfer();
+        self.maybe_snapshot()?;
+        self.release_reads();
+        if let Some(e) = self.shared.apply_error.lock().expect("apply error lock poisoned").clone() {
+            return Err(e);
+        }
+        self.publish();
+        Ok(())
     }
 
     fn handle(&mut self, cmd: Command) {
@@ -1039,7 +1109,7 @@ impl RaftLoop {
                     }
                     tracing::info!(to = %format!("{target:x}"), "moving leadership");
                     self.core.transfer_leader(target);
-                    let deadline = Instant::now() + self.shared.request_timeout;
+                    let deadline = self.shared.now_ms() + self.shared.request_timeout.as_millis() as u64;
                     self.transfer = Some((target, deadline, Some(reply)));
                 }
             }
@@ -1065,7 +1135,7 @@ impl RaftLoop {
         let Some((target, deadline, _)) = &self.transfer else { return };
         let (target, deadline) = (*target, *deadline);
         let done = self.core.leader_id() == target;
-        if (done || Instant::now() >= deadline)
+        if (done || self.shared.now_ms() >= deadline)
             && let Some((_, _, Some(reply))) = self.transfer.take()
         {
             let _ = reply.send(if done { Ok(()) } else { Err(ServerError::LeaderTransferTimeout) });
@@ -1076,9 +1146,11 @@ impl RaftLoop {
     /// or asks again when the round in flight went unanswered.
     fn start_read_round(&mut self) {
         if let Some(round) = &mut self.reads.in_flight {
-            if round.asked_at.elapsed() >= (self.tick * 2).min(READ_INDEX_RETRY_MAX) {
+            let retry_ms = (self.tick * 2).min(READ_INDEX_RETRY_MAX).as_millis() as u64;
+            let now = self.shared.now_ms();
+            if now.saturating_sub(round.asked_at) >= retry_ms {
                 round.waiters.retain(|w| !w.is_closed());
-                round.asked_at = Instant::now();
+                round.asked_at = now;
                 self.core.read_index(round.ctx.clone());
             }
             return;
@@ -1086,7 +1158,8 @@ impl RaftLoop {
         if self.reads.pending.is_empty() {
             return;
         }
-        if self.shared.lone_voter.load(Ordering::SeqCst) && self.core.is_leader() {
+        let lone_leader = self.shared.lone_voter.load(Ordering::SeqCst) && self.core.is_leader();
+        if lone_leader || self.shared.bugs.read_without_read_index {
             // Everything acknowledged is applied already.
             for w in self.reads.pending.drain(..) {
                 let _ = w.send(Ok(()));
@@ -1097,7 +1170,7 @@ impl RaftLoop {
         let ctx = self.reads.next_ctx.to_be_bytes().to_vec();
         self.core.read_index(ctx.clone());
         let waiters = std::mem::take(&mut self.reads.pending);
-        self.reads.in_flight = Some(ReadRound { ctx, asked_at: Instant::now(), waiters });
+        self.reads.in_flight = Some(ReadRound { ctx, asked_at: self.shared.now_ms(), waiters });
     }
 
     /// ReadIndex answers: the reads of that round wait for the apply to reach
@@ -1136,8 +1209,15 @@ impl RaftLoop {
             if let Some(hs) = &rd.hard_state {
                 self.wal.set_hard_state(&codec::encode_hard_state(hs)).map_err(wal_err)?;
             }
-            if rd.must_sync {
+            if rd.must_sync && !self.shared.bugs.ack_before_fsync {
                 self.wal.sync().map_err(wal_err)?;
+            }
+            if self.shared.bugs.apply_uncommitted {
+                let uncommitted: Vec<Entry> = rd.entries.iter().filter(|e| e.index > self.handed).cloned().collect();
+                if let Some(last) = uncommitted.last().map(|e| e.index) {
+                    self.handed = last;
+                    self.send_to_applier(ApplyMsg::Entries(uncommitted))?;
+                }
             }
             self.read_states(rd.read_states);
             self.hand_over(rd.committed)?;
@@ -1170,10 +1250,11 @@ impl RaftLoop {
         if self.core.leader_id() == 0 {
             return;
         }
-        if self.published_at.is_some_and(|t| t.elapsed() < PUBLISH_RETRY) {
+        let now = self.shared.now_ms();
+        if self.published_at.is_some_and(|t| now.saturating_sub(t) < PUBLISH_RETRY.as_millis() as u64) {
             return;
         }
-        self.published_at = Some(Instant::now());
+        self.published_at = Some(now);
         let attrs = ketch_proto::membershippb::ClusterMemberAttrSetRequest {
             member_id: self.shared.member_id,
             member_attributes: Some(ketch_proto::membershippb::Attributes { name: wanted.0, client_urls: wanted.1 }),
@@ -1191,8 +1272,24 @@ impl RaftLoop {
             return Ok(()); // covered by an installed snapshot
         }
         self.handed = last;
+        self.send_to_applier(ApplyMsg::Entries(entries))
+    }
+
+    /// Queues work for the applier; an inline applier works off a full queue
+    /// first.
+    fn send_to_applier(&mut self, msg: ApplyMsg) -> Result<(), ServerError> {
         let tx = self.apply_tx.as_ref().ok_or(ServerError::Stopped)?;
-        tx.send(ApplyMsg::Entries(entries)).map_err(|_| self.apply_failure())
+        match &mut self.inline {
+            None => tx.send(msg).map_err(|_| self.apply_failure()),
+            Some(applier) => match tx.try_send(msg) {
+                Ok(()) => Ok(()),
+                Err(TrySendError::Full(msg)) => {
+                    applier.drain(usize::MAX)?;
+                    tx.try_send(msg).map_err(|_| ServerError::Internal("the apply queue is stuck".into()))
+                }
+                Err(TrySendError::Disconnected(_)) => Err(ServerError::Stopped),
+            },
+        }
     }
 
     fn apply_failure(&self) -> ServerError {
@@ -1212,8 +1309,10 @@ impl RaftLoop {
         let (reply, answer) = mpsc::sync_channel(1);
         let leader = self.core.leader_id();
         let conf_state = meta.get_conf_state().clone();
-        let tx = self.apply_tx.as_ref().ok_or(ServerError::Stopped)?;
-        tx.send(ApplyMsg::Snapshot { meta, leader, reply }).map_err(|_| self.apply_failure())?;
+        self.send_to_applier(ApplyMsg::Snapshot { meta, leader, reply })?;
+        if let Some(applier) = &mut self.inline {
+            applier.drain(usize::MAX)?;
+        }
         let (applied, term) = answer.recv().map_err(|_| self.apply_failure())??;
         let mut marker = SnapshotMetadata { index: applied, term, ..Default::default() };
         marker.set_conf_state(conf_state);
@@ -1308,7 +1407,7 @@ impl RaftLoop {
         {
             let mut since = self.shared.leaderless_since.lock().expect("leaderless lock poisoned");
             match (self.core.leader_id(), since.is_some()) {
-                (0, false) => *since = Some(Instant::now()),
+                (0, false) => *since = Some(self.shared.now_ms()),
                 (0, true) => {}
                 (_, _) => *since = None,
             }

@@ -38,9 +38,13 @@
 //! bad record in an older segment, a foreign file) is refused with
 //! [`WalError::Corrupt`]: silently skipping it could lose acknowledged writes.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+mod fs;
+
+pub use fs::{OsFs, WalFile, WalFs};
 
 const MAGIC: &[u8; 8] = b"KETCHWAL";
 const FORMAT_VERSION: u32 = 1;
@@ -104,10 +108,11 @@ struct Segment {
 }
 
 pub struct Wal {
+    fs: Arc<dyn WalFs>,
     dir: PathBuf,
     opts: WalOptions,
     segments: Vec<Segment>,
-    file: BufWriter<File>,
+    file: Box<dyn WalFile>,
     written: u64,
     /// Index the next entry is expected to carry.
     next_index: u64,
@@ -130,32 +135,39 @@ fn parse_segment_name(name: &str) -> Option<(u64, u64)> {
     Some((u64::from_str_radix(a, 16).ok()?, u64::from_str_radix(b, 16).ok()?))
 }
 
-fn sync_dir(dir: &Path) -> Result<(), WalError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
+fn sync_dir(fs: &dyn WalFs, dir: &Path) -> Result<(), WalError> {
+    fs.sync_dir(dir).map_err(io_err(dir))
 }
 
 impl Wal {
     /// True when `dir` holds at least one segment.
     pub fn exists(dir: &Path) -> bool {
-        fs::read_dir(dir)
-            .map(|rd| rd.flatten().any(|e| e.file_name().to_str().and_then(parse_segment_name).is_some()))
-            .unwrap_or(false)
+        Wal::exists_in(&OsFs, dir)
+    }
+
+    /// [`Wal::exists`] on the given file system.
+    pub fn exists_in(fs: &dyn WalFs, dir: &Path) -> bool {
+        fs.list(dir).map(|names| names.iter().any(|n| parse_segment_name(n).is_some())).unwrap_or(false)
     }
 
     /// Opens the WAL in `dir` (creating an empty one if there is none), replays it,
     /// and repairs a torn tail.
     pub fn open(dir: &Path, opts: WalOptions) -> Result<(Wal, Replay), WalError> {
-        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        Wal::open_in(Arc::new(OsFs), dir, opts)
+    }
+
+    /// [`Wal::open`] on the given file system.
+    pub fn open_in(fs: Arc<dyn WalFs>, dir: &Path, opts: WalOptions) -> Result<(Wal, Replay), WalError> {
+        fs.create_dir_all(dir).map_err(io_err(dir))?;
         let mut segments = Vec::new();
-        for entry in fs::read_dir(dir).map_err(io_err(dir))? {
-            let entry = entry.map_err(io_err(dir))?;
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            if let Some((seq, first_index)) = parse_segment_name(name) {
-                segments.push(Segment { seq, first_index, path: entry.path() });
+        let mut names = fs.list(dir).map_err(io_err(dir))?;
+        names.sort();
+        for name in names {
+            let path = dir.join(&name);
+            if let Some((seq, first_index)) = parse_segment_name(&name) {
+                segments.push(Segment { seq, first_index, path });
             } else if name.ends_with(".tmp") {
-                let p = entry.path();
-                fs::remove_file(&p).map_err(io_err(&p))?;
+                fs.remove(&path).map_err(io_err(&path))?;
             }
         }
         segments.sort_by_key(|s| s.seq);
@@ -174,7 +186,7 @@ impl Wal {
         let count = segments.len();
         for (i, seg) in segments.iter().enumerate() {
             let last = i + 1 == count;
-            let (records, good_len, file_len) = read_segment(&seg.path, last)?;
+            let (records, good_len, file_len) = read_segment(&*fs, &seg.path, last)?;
             for (kind, index, payload) in records {
                 match kind {
                     KIND_ENTRY => {
@@ -192,9 +204,7 @@ impl Wal {
             }
             if last && good_len < file_len {
                 tracing::warn!(path = %seg.path.display(), offset = good_len, cut = file_len - good_len, "repairing torn WAL tail");
-                let f = OpenOptions::new().write(true).open(&seg.path).map_err(io_err(&seg.path))?;
-                f.set_len(good_len).map_err(io_err(&seg.path))?;
-                f.sync_all().map_err(io_err(&seg.path))?;
+                fs.truncate(&seg.path, good_len).map_err(io_err(&seg.path))?;
                 replay.repaired_bytes = file_len - good_len;
             }
         }
@@ -220,20 +230,19 @@ impl Wal {
         let next_index = replay.entries.last().map_or(snap_index + 1, |(i, _)| i + 1);
 
         let (file, written) = match segments.last() {
-            Some(seg) => {
-                let mut f = OpenOptions::new().write(true).open(&seg.path).map_err(io_err(&seg.path))?;
-                let len = f.seek(SeekFrom::End(0)).map_err(io_err(&seg.path))?;
-                (BufWriter::new(f), len)
-            }
+            Some(seg) => fs.open_append(&seg.path).map_err(io_err(&seg.path))?,
             None => {
                 let seg = Segment { seq: 0, first_index: next_index, path: dir.join(segment_name(0, next_index)) };
-                let f = create_segment(&seg.path)?;
-                sync_dir(dir)?;
+                let mut f = create_segment(&*fs, &seg.path)?;
+                // The header is durable before the segment's name is.
+                f.sync().map_err(io_err(&seg.path))?;
+                sync_dir(&*fs, dir)?;
                 segments.push(seg);
-                (BufWriter::new(f), SEGMENT_HEADER_LEN)
+                (f, SEGMENT_HEADER_LEN)
             }
         };
         let wal = Wal {
+            fs,
             dir: dir.to_path_buf(),
             opts,
             segments,
@@ -269,8 +278,8 @@ impl Wal {
         header[..4].copy_from_slice(&len.to_le_bytes());
         header[4..].copy_from_slice(&crc32c::crc32c(&body).to_le_bytes());
         let path = self.current_path().to_path_buf();
-        self.file.write_all(&header).map_err(io_err(&path))?;
-        self.file.write_all(&body).map_err(io_err(&path))?;
+        self.file.append(&header).map_err(io_err(&path))?;
+        self.file.append(&body).map_err(io_err(&path))?;
         self.written += (RECORD_HEADER_LEN + body.len()) as u64;
         Ok(())
     }
@@ -301,8 +310,7 @@ impl Wal {
     /// new segment if the current one is full.
     pub fn sync(&mut self) -> Result<(), WalError> {
         let path = self.current_path().to_path_buf();
-        self.file.flush().map_err(io_err(&path))?;
-        self.file.get_ref().sync_data().map_err(io_err(&path))?;
+        self.file.sync().map_err(io_err(&path))?;
         if self.written >= self.opts.segment_bytes {
             self.cut()?;
         }
@@ -314,8 +322,7 @@ impl Wal {
         let seg =
             Segment { seq, first_index: self.next_index, path: self.dir.join(segment_name(seq, self.next_index)) };
         let tmp = self.dir.join(format!("{}.tmp", segment_name(seq, self.next_index)));
-        let f = create_segment(&tmp)?;
-        self.file = BufWriter::new(f);
+        self.file = create_segment(&*self.fs, &tmp)?;
         self.written = SEGMENT_HEADER_LEN;
         // Records go to the new file; it gets its final name once they are durable.
         self.segments.push(Segment { seq, first_index: seg.first_index, path: tmp.clone() });
@@ -326,10 +333,9 @@ impl Wal {
         if let Some(hs) = self.hard_state.clone() {
             self.write_record(KIND_HARD_STATE, None, &hs)?;
         }
-        self.file.flush().map_err(io_err(&tmp))?;
-        self.file.get_ref().sync_data().map_err(io_err(&tmp))?;
-        fs::rename(&tmp, &seg.path).map_err(io_err(&seg.path))?;
-        sync_dir(&self.dir)?;
+        self.file.sync().map_err(io_err(&tmp))?;
+        self.fs.rename(&tmp, &seg.path).map_err(io_err(&seg.path))?;
+        sync_dir(&*self.fs, &self.dir)?;
         self.segments.last_mut().expect("pushed above").path = seg.path;
         Ok(())
     }
@@ -348,10 +354,10 @@ impl Wal {
             removable += 1;
         }
         for seg in self.segments.drain(..removable) {
-            fs::remove_file(&seg.path).map_err(io_err(&seg.path))?;
+            self.fs.remove(&seg.path).map_err(io_err(&seg.path))?;
         }
         if removable > 0 {
-            sync_dir(&self.dir)?;
+            sync_dir(&*self.fs, &self.dir)?;
         }
         Ok(removable)
     }
@@ -365,10 +371,10 @@ impl Wal {
     }
 }
 
-fn create_segment(path: &Path) -> Result<File, WalError> {
-    let mut f = OpenOptions::new().create_new(true).write(true).open(path).map_err(io_err(path))?;
-    f.write_all(MAGIC).map_err(io_err(path))?;
-    f.write_all(&FORMAT_VERSION.to_le_bytes()).map_err(io_err(path))?;
+fn create_segment(fs: &dyn WalFs, path: &Path) -> Result<Box<dyn WalFile>, WalError> {
+    let mut f = fs.create_new(path).map_err(io_err(path))?;
+    f.append(MAGIC).map_err(io_err(path))?;
+    f.append(&FORMAT_VERSION.to_le_bytes()).map_err(io_err(path))?;
     Ok(f)
 }
 
@@ -376,9 +382,8 @@ type Record = (u8, u64, Vec<u8>);
 
 /// Reads one segment. Returns its records, the length of the valid prefix and the
 /// file length; only the last segment may have a torn tail.
-fn read_segment(path: &Path, last: bool) -> Result<(Vec<Record>, u64, u64), WalError> {
-    let mut data = Vec::new();
-    File::open(path).and_then(|mut f| f.read_to_end(&mut data)).map_err(io_err(path))?;
+fn read_segment(fs: &dyn WalFs, path: &Path, last: bool) -> Result<(Vec<Record>, u64, u64), WalError> {
+    let data = fs.read(path).map_err(io_err(path))?;
     let file_len = data.len() as u64;
     let corrupt = |offset: usize, why: &str| WalError::Corrupt {
         path: path.to_path_buf(),
@@ -388,10 +393,11 @@ fn read_segment(path: &Path, last: bool) -> Result<(Vec<Record>, u64, u64), WalE
     if data.len() < SEGMENT_HEADER_LEN as usize {
         if last && MAGIC.starts_with(&data[..data.len().min(8)]) {
             // Torn while being created: rewrite the header.
-            let mut f = OpenOptions::new().write(true).truncate(true).open(path).map_err(io_err(path))?;
-            f.write_all(MAGIC)
-                .and_then(|_| f.write_all(&FORMAT_VERSION.to_le_bytes()))
-                .and_then(|_| f.sync_all())
+            fs.truncate(path, 0).map_err(io_err(path))?;
+            let (mut f, _) = fs.open_append(path).map_err(io_err(path))?;
+            f.append(MAGIC)
+                .and_then(|_| f.append(&FORMAT_VERSION.to_le_bytes()))
+                .and_then(|_| f.sync())
                 .map_err(io_err(path))?;
             return Ok((Vec::new(), SEGMENT_HEADER_LEN, SEGMENT_HEADER_LEN));
         }

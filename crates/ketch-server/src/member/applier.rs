@@ -12,8 +12,8 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
-use std::time::{Duration, Instant};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError};
+use std::time::Duration;
 
 use ketch_lease::{LeaseError, Lessor};
 use ketch_mvcc::{RangeEnd, RangeOptions, Store};
@@ -21,7 +21,7 @@ use ketch_proto::etcdserverpb::{self as pb, InternalRaftRequest};
 use ketch_raft::eraftpb::{Entry, EntryType, SnapshotMetadata};
 use prost::Message as _;
 
-use super::{Applied, Command, MemberConfig, Shared};
+use super::{Applied, Command, MemberConfig, Shared, SnapshotSource};
 use crate::apply;
 use crate::cluster::{MemberInfo, Membership};
 use crate::error::ServerError;
@@ -54,50 +54,83 @@ pub(super) struct Applier {
     pub(super) store: Arc<Store>,
     pub(super) shared: Arc<Shared>,
     pub(super) cfg: MemberConfig,
-    pub(super) runtime: tokio::runtime::Handle,
+    /// For fetching snapshots over the peer link (None in a simulation).
+    pub(super) runtime: Option<tokio::runtime::Handle>,
+    /// Snapshot transfer other than the peer link (a simulator's).
+    pub(super) snapshots: Option<Arc<dyn SnapshotSource>>,
     pub(super) rx: Receiver<ApplyMsg>,
     pub(super) applied: u64,
     pub(super) applied_term: u64,
     pub(super) durable_applied: u64,
-    pub(super) last_durable_at: Instant,
+    /// Clock ms of the last durable commit.
+    pub(super) last_durable_at: u64,
 }
 
 impl Applier {
     /// Runs until the raft loop drops its sender; then makes the backend durable.
     pub(super) fn run(&mut self) -> Result<(), ServerError> {
         loop {
-            let wait = DURABLE_EVERY.saturating_sub(self.last_durable_at.elapsed()).max(Duration::from_millis(1));
+            let since = self.shared.now_ms().saturating_sub(self.last_durable_at);
+            let wait = DURABLE_EVERY.saturating_sub(Duration::from_millis(since)).max(Duration::from_millis(1));
             match self.rx.recv_timeout(wait) {
-                Ok(ApplyMsg::Entries(mut entries)) => {
-                    // Whatever else is queued goes into the same transaction.
-                    let mut snapshot = None;
-                    while entries.len() < ENTRIES_PER_TXN_MAX {
-                        match self.rx.try_recv() {
-                            Ok(ApplyMsg::Entries(more)) => entries.extend(more),
-                            Ok(msg @ ApplyMsg::Snapshot { .. }) => {
-                                snapshot = Some(msg);
-                                break;
-                            }
-                            Err(_) => break,
-                        }
-                    }
-                    self.apply(entries)?;
-                    if let Some(ApplyMsg::Snapshot { meta, leader, reply }) = snapshot {
-                        let _ = reply.send(self.install_snapshot(meta, leader));
-                    }
-                }
-                Ok(ApplyMsg::Snapshot { meta, leader, reply }) => {
-                    let _ = reply.send(self.install_snapshot(meta, leader));
-                }
+                Ok(msg) => self.handle(msg)?,
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
-            if self.applied > self.durable_applied && self.last_durable_at.elapsed() >= DURABLE_EVERY {
-                self.make_durable()?;
-            }
+            self.durable_if_due()?;
         }
         if self.applied > self.durable_applied {
             self.make_durable()?;
+        }
+        Ok(())
+    }
+
+    /// Works off at most `max` queued messages without waiting (an applier
+    /// driven by a simulator). Returns how many there were.
+    pub(super) fn drain(&mut self, max: usize) -> Result<usize, ServerError> {
+        let mut n = 0;
+        while n < max {
+            match self.rx.try_recv() {
+                Ok(msg) => self.handle(msg)?,
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+            n += 1;
+        }
+        self.durable_if_due()?;
+        Ok(n)
+    }
+
+    fn durable_if_due(&mut self) -> Result<(), ServerError> {
+        let since = self.shared.now_ms().saturating_sub(self.last_durable_at);
+        if self.applied > self.durable_applied && since >= DURABLE_EVERY.as_millis() as u64 {
+            self.make_durable()?;
+        }
+        Ok(())
+    }
+
+    fn handle(&mut self, msg: ApplyMsg) -> Result<(), ServerError> {
+        match msg {
+            ApplyMsg::Entries(mut entries) => {
+                // Whatever else is queued goes into the same transaction.
+                let mut snapshot = None;
+                while entries.len() < ENTRIES_PER_TXN_MAX {
+                    match self.rx.try_recv() {
+                        Ok(ApplyMsg::Entries(more)) => entries.extend(more),
+                        Ok(msg @ ApplyMsg::Snapshot { .. }) => {
+                            snapshot = Some(msg);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                self.apply(entries)?;
+                if let Some(ApplyMsg::Snapshot { meta, leader, reply }) = snapshot {
+                    let _ = reply.send(self.install_snapshot(meta, leader));
+                }
+            }
+            ApplyMsg::Snapshot { meta, leader, reply } => {
+                let _ = reply.send(self.install_snapshot(meta, leader));
+            }
         }
         Ok(())
     }
@@ -111,7 +144,7 @@ impl Applier {
     /// Tells the raft loop the backend durably holds everything up to `index`.
     fn mark_durable(&mut self, index: u64, term: u64) {
         self.durable_applied = index;
-        self.last_durable_at = Instant::now();
+        self.last_durable_at = self.shared.now_ms();
         *self.shared.durable.lock().expect("durable lock poisoned") = (index, term);
         self.wake_raft_loop();
     }
@@ -128,6 +161,13 @@ impl Applier {
         let Some(last) = entries.last() else { return Ok(()) };
         let (last_index, last_term) = (last.index, last.term);
         let store = self.store.clone();
+        if self.shared.bugs.applied_index_apart {
+            // The planted bug: the index is durable before the data it covers.
+            let (i, t) = (last_index.to_le_bytes(), last_term.to_le_bytes());
+            store
+                .batch()?
+                .commit(&[(storage::META_CONSISTENT_INDEX, &i), (storage::META_CONSISTENT_TERM, &t)], true)?;
+        }
         let mut batch = store.batch()?;
         let mut results = Vec::new();
         let mut membership_changed = false;
@@ -158,16 +198,19 @@ impl Applier {
             results.push((id, result));
         }
         let durable = last_index - self.durable_applied >= DURABLE_EVERY_ENTRIES
-            || self.last_durable_at.elapsed() >= DURABLE_EVERY;
+            || self.shared.now_ms().saturating_sub(self.last_durable_at) >= DURABLE_EVERY.as_millis() as u64;
         let members =
             membership_changed.then(|| self.shared.membership.read().expect("membership lock poisoned").encode());
         let mut meta: Vec<(&str, &[u8])> = Vec::with_capacity(3);
         let (index_bytes, term_bytes) = (last_index.to_le_bytes(), last_term.to_le_bytes());
-        meta.push((storage::META_CONSISTENT_INDEX, &index_bytes));
-        meta.push((storage::META_CONSISTENT_TERM, &term_bytes));
+        if !self.shared.bugs.applied_index_apart {
+            meta.push((storage::META_CONSISTENT_INDEX, &index_bytes));
+            meta.push((storage::META_CONSISTENT_TERM, &term_bytes));
+        }
         if let Some(m) = &members {
             meta.push((storage::META_MEMBERS, m));
         }
+        let durable = durable && !self.shared.bugs.applied_index_apart;
         let events = batch.commit(&meta, durable)?;
         self.shared.watch_hub.publish(events);
         self.applied = last_index;
@@ -213,7 +256,11 @@ impl Applier {
             let mut sources: Vec<MemberInfo> = membership.iter().filter(|m| m.id != me).cloned().collect();
             sources.sort_by_key(|m| m.id != leader);
             for source in sources {
-                match self.fetch_snapshot(&source, meta.index) {
+                let fetched = match &self.snapshots {
+                    Some(snapshots) => snapshots.fetch(source.id, meta.index, &self.store),
+                    None => self.fetch_snapshot(&source, meta.index),
+                };
+                match fetched {
                     Ok(()) => return self.after_snapshot(&meta),
                     Err(e) => tracing::warn!(from = %format!("{:x}", source.id), error = %e, "snapshot fetch failed"),
                 }
@@ -221,13 +268,20 @@ impl Applier {
             if self.shared.stop_requested.load(Ordering::SeqCst) {
                 return Err(ServerError::Stopped);
             }
+            if self.snapshots.is_some() {
+                // A simulation cannot wait here: the raft loop retries later.
+                return Err(ServerError::Internal("no member could send a snapshot".into()));
+            }
             std::thread::sleep(SNAPSHOT_FETCH_BACKOFF);
         }
     }
 
     fn fetch_snapshot(&mut self, source: &MemberInfo, min_index: u64) -> Result<(), ServerError> {
         let peers = &self.shared.peers;
-        let runtime = self.runtime.clone();
+        let runtime = self
+            .runtime
+            .clone()
+            .ok_or_else(|| ServerError::Internal("fetching a snapshot needs a tokio runtime".into()))?;
         let mut stream = runtime.block_on(peers.fetch_snapshot(source.id, &source.peer_urls, min_index))?;
         let mut chunks = 0usize;
         self.store.install(storage::LOCAL_META, || {
@@ -261,7 +315,7 @@ impl Applier {
         self.applied = applied;
         self.applied_term = term;
         self.durable_applied = applied;
-        self.last_durable_at = Instant::now();
+        self.last_durable_at = self.shared.now_ms();
         self.shared.applied_index.store(applied, Ordering::SeqCst);
         *self.shared.durable.lock().expect("durable lock poisoned") = (applied, term);
         *self.shared.lessor() = restore_lessor(&self.store, &self.cfg)?;
