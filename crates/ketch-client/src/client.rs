@@ -23,16 +23,20 @@ use tonic::codegen::http::Uri;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::auth::{Credentials, TokenState};
 use crate::endpoint::{Address, Balancer, HealthPolicy};
 use crate::error::{Error, Result};
 use crate::retry::{self, Cause, Decision, Failure, Idempotence, RetryPolicy};
-use crate::{Cluster, Kv, Lease, Maintenance, Watch};
+use crate::tls::{self, TlsOptions};
+use crate::{Auth, Cluster, Kv, Lease, Maintenance, Watch};
 
 /// etcd's gRPC metadata key asking the server to refuse the request (or end
 /// the stream) when it has no leader (`rpctypes.MetadataRequireLeaderKey`).
 pub(crate) const REQUIRE_LEADER_KEY: &str = "hasleader";
 /// The value that turns [`REQUIRE_LEADER_KEY`] on (`rpctypes.MetadataHasLeader`).
 pub(crate) const REQUIRE_LEADER_VALUE: &str = "true";
+/// etcd's gRPC metadata key carrying the auth token (`rpctypes.TokenFieldNameGRPC`).
+pub(crate) const TOKEN_KEY: &str = "token";
 
 /// How the client connects, retries and fails over. Build with
 /// [`ClientOptions::new`] and the setters:
@@ -59,6 +63,8 @@ pub struct ClientOptions {
     pub(crate) endpoint_backoff_max: Duration,
     pub(crate) auto_sync_interval: Option<Duration>,
     pub(crate) require_leader: bool,
+    pub(crate) credentials: Option<Credentials>,
+    pub(crate) tls: Option<TlsOptions>,
 }
 
 impl Default for ClientOptions {
@@ -76,6 +82,8 @@ impl Default for ClientOptions {
             endpoint_backoff_max: Duration::from_secs(5),
             auto_sync_interval: None,
             require_leader: false,
+            credentials: None,
+            tls: None,
         }
     }
 }
@@ -164,6 +172,31 @@ impl ClientOptions {
         self
     }
 
+    /// Authenticate as user `name` with `password`: [`Client::connect`]
+    /// calls `Auth.Authenticate` and every request then carries the token
+    /// (gRPC metadata `token`); a token the server no longer accepts is
+    /// replaced by authenticating again, and the refused request is sent
+    /// once more (see [`crate::Auth`]). A server with authentication
+    /// disabled is used without a token, as etcd's clientv3 does.
+    pub fn credentials(mut self, name: impl Into<String>, password: impl Into<String>) -> Self {
+        self.credentials = Some(Credentials { name: name.into(), password: password.into() });
+        self
+    }
+
+    /// Use TLS (see [`TlsOptions`]): `host:port` endpoints are then dialed
+    /// with TLS, as `https://` endpoints always are; `http://` endpoints
+    /// stay plain.
+    pub fn tls(mut self, tls: TlsOptions) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// An endpoint of a client with these options: `host:port` uses TLS if
+    /// the options have it.
+    pub(crate) fn address(&self, endpoint: &str) -> Result<Address> {
+        Ok(Address::parse(endpoint)?.with_default_scheme(self.tls.is_some()))
+    }
+
     pub(crate) fn retry_policy(&self) -> RetryPolicy {
         RetryPolicy {
             max_attempts: self.max_attempts,
@@ -189,23 +222,31 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
-    /// A client for `endpoints` (`host:port` or `http://host:port`;
-    /// duplicates ignored). Connections are made lazily, one per endpoint,
-    /// on first use: this fails only for an empty or unparseable endpoint
-    /// list. Must be called within a tokio runtime.
+    /// A client for `endpoints` (`host:port`, `http://host:port` or
+    /// `https://host:port`; duplicates ignored). Connections are made
+    /// lazily, one per endpoint, on first use: this fails only for an empty
+    /// or unparseable endpoint list, or unusable TLS options
+    /// ([`ClientOptions::tls`]). With [`ClientOptions::credentials`] it
+    /// also authenticates, and fails if that fails (a server with
+    /// authentication disabled is fine). Must be called within a tokio
+    /// runtime.
     pub async fn connect<E: AsRef<str>>(
         endpoints: impl IntoIterator<Item = E>,
         options: ClientOptions,
     ) -> Result<Client> {
         let mut addresses: Vec<Address> = Vec::new();
         for endpoint in endpoints {
-            let address = Address::parse(endpoint.as_ref())?;
+            let address = options.address(endpoint.as_ref())?;
             if !addresses.contains(&address) {
                 addresses.push(address);
             }
         }
         if addresses.is_empty() {
             return Err(Error::NoEndpoints);
+        }
+        if let Some(tls) = &options.tls {
+            // Bad TLS options fail here, even if no endpoint uses them yet.
+            tls.validate()?;
         }
         let mut slots = Vec::with_capacity(addresses.len());
         for address in addresses {
@@ -216,8 +257,11 @@ impl Client {
         let inner = Arc::new(Inner {
             balancer: Mutex::new(Balancer::new(slots, policy)),
             auto_sync: Mutex::new(None),
+            token: options.credentials.clone().map(TokenState::new),
             options,
         });
+        // With credentials, connecting means authenticating (clientv3).
+        inner.refresh_token(None).await?;
         if let Some(every) = inner.options.auto_sync_interval {
             let task = tokio::spawn(auto_sync(Arc::downgrade(&inner), every));
             *lock(&inner.auto_sync) = Some(task.abort_handle());
@@ -251,7 +295,20 @@ impl Client {
         Maintenance::new(Arc::clone(&self.inner))
     }
 
-    /// The current endpoints, as `http://host:port`.
+    /// Authentication API: users, roles, permissions, enabling
+    /// authentication.
+    pub fn auth(&self) -> Auth {
+        Auth::new(Arc::clone(&self.inner))
+    }
+
+    /// Whether the client holds an auth token: it was made with
+    /// [`ClientOptions::credentials`] and the server has authentication
+    /// enabled (a server without it is used without a token).
+    pub fn has_token(&self) -> bool {
+        self.inner.token.as_ref().is_some_and(|t| t.current().1.is_some())
+    }
+
+    /// The current endpoints, as `http://host:port` (`https://` with TLS).
     pub fn endpoints(&self) -> Vec<String> {
         self.inner.balancer().addresses().iter().map(Address::url).collect()
     }
@@ -277,6 +334,8 @@ pub(crate) struct Inner {
     pub(crate) options: ClientOptions,
     balancer: Mutex<Balancer<Channel>>,
     auto_sync: Mutex<Option<tokio::task::AbortHandle>>,
+    /// The auth token, for a client with credentials.
+    pub(crate) token: Option<TokenState>,
 }
 
 impl Drop for Inner {
@@ -330,7 +389,7 @@ impl Inner {
     /// The connection to `endpoint`: the client's own if it is one of its
     /// endpoints, else a new one.
     pub(crate) fn channel_for(&self, endpoint: &str) -> Result<(Address, Channel)> {
-        let address = Address::parse(endpoint)?;
+        let address = self.options.address(endpoint)?;
         if let Some(channel) = self.balancer().get(&address) {
             return Ok((address, channel));
         }
@@ -338,8 +397,8 @@ impl Inner {
         Ok((address, channel))
     }
 
-    /// A request carrying `message`, the time limit as `grpc-timeout`, and
-    /// `hasleader` if `require_leader`.
+    /// A request carrying `message`, the time limit as `grpc-timeout`,
+    /// `hasleader` if `require_leader`, and the auth token if there is one.
     pub(crate) fn request<T>(&self, message: T, limit: Option<Duration>, require_leader: bool) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         if let Some(limit) = limit {
@@ -347,6 +406,11 @@ impl Inner {
         }
         if require_leader {
             request.metadata_mut().insert(REQUIRE_LEADER_KEY, MetadataValue::from_static(REQUIRE_LEADER_VALUE));
+        }
+        if let Some((_, Some(token))) = self.token.as_ref().map(TokenState::current)
+            && let Ok(value) = MetadataValue::try_from(token.as_str())
+        {
+            request.metadata_mut().insert(TOKEN_KEY, value);
         }
         request
     }
@@ -367,7 +431,23 @@ impl Inner {
         F: FnMut(Channel, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
     {
-        Ok(self.with_failover(name, idempotence, message, call, true).await?.0)
+        Ok(self.with_failover(name, idempotence, message, call, true, true).await?.0)
+    }
+
+    /// [`Inner::unary`] without the auth token (`Auth.Authenticate`).
+    pub(crate) async fn call_without_token<Req, Resp, F, Fut>(
+        &self,
+        name: &'static str,
+        idempotence: Idempotence,
+        message: Req,
+        call: F,
+    ) -> Result<Resp>
+    where
+        Req: Clone,
+        F: FnMut(Channel, tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
+    {
+        Ok(self.with_failover(name, idempotence, message, call, true, false).await?.0)
     }
 
     /// Opens a server stream with failover like [`Inner::unary`]: the
@@ -384,11 +464,13 @@ impl Inner {
         F: FnMut(Channel, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
     {
-        self.with_failover(name, Idempotence::Immutable, message, call, false).await
+        self.with_failover(name, Idempotence::Immutable, message, call, false, true).await
     }
 
     /// The call loop of [`Inner::unary`] and [`Inner::open_stream`];
-    /// returns the answer and the endpoint that gave it.
+    /// returns the answer and the endpoint that gave it. `with_token`: send
+    /// the auth token, and authenticate again once if the server refuses it
+    /// (the refused request did not run: it is sent again).
     async fn with_failover<Req, Resp, F, Fut>(
         &self,
         name: &'static str,
@@ -396,6 +478,7 @@ impl Inner {
         message: Req,
         mut call: F,
         send_timeout: bool,
+        with_token: bool,
     ) -> Result<(Resp, Address)>
     where
         Req: Clone,
@@ -405,11 +488,16 @@ impl Inner {
         let deadline = Instant::now() + self.options.request_timeout;
         let policy = self.options.retry_policy();
         let mut attempt = 0;
+        let mut reauthenticated = false;
         loop {
             attempt += 1;
             let (address, channel) = self.pick()?;
             let limit = self.options.attempt_timeout.min(deadline.saturating_duration_since(Instant::now()));
-            let request = self.request(message.clone(), send_timeout.then_some(limit), self.options.require_leader);
+            let sent_token = self.token.as_ref().filter(|_| with_token).map(TokenState::current);
+            let mut request = self.request(message.clone(), send_timeout.then_some(limit), self.options.require_leader);
+            if !with_token {
+                request.metadata_mut().remove(TOKEN_KEY);
+            }
             let (failure, cause) = match attempt_call(limit, call(channel, request)).await {
                 Ok(response) => {
                     self.report_success(&address);
@@ -418,6 +506,17 @@ impl Inner {
                 Err(failed) => failed,
             };
             self.report(&address, failure);
+            if let Some((generation, token)) = sent_token
+                && !reauthenticated
+                && crate::auth::needs_new_token(&cause, token.is_some())
+            {
+                // Refused before it ran: a new token, and the same request again.
+                tracing::debug!(request = name, %address, %cause, "authenticating again");
+                reauthenticated = true;
+                self.refresh_token(Some(generation)).await?;
+                attempt -= 1;
+                continue;
+            }
             let jitter = rand::random::<f64>() * 2.0 - 1.0;
             match policy.decide(idempotence, failure, attempt, Instant::now().into_std(), deadline.into_std(), jitter) {
                 Decision::RetryAfter(wait) => {
@@ -432,30 +531,44 @@ impl Inner {
     }
 
     /// One attempt of a unary call on a given endpoint, no failover (for
-    /// member-specific calls such as `Status` of one member).
+    /// member-specific calls such as `Status` of one member); a second one
+    /// only after a refused auth token was replaced.
     pub(crate) async fn unary_on<Req, Resp, F, Fut>(
         &self,
         endpoint: &str,
         name: &'static str,
         idempotence: Idempotence,
         message: Req,
-        call: F,
+        mut call: F,
     ) -> Result<Resp>
     where
-        F: FnOnce(Channel, tonic::Request<Req>) -> Fut,
+        Req: Clone,
+        F: FnMut(Channel, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
     {
         let (address, channel) = self.channel_for(endpoint)?;
         let limit = self.options.request_timeout;
-        let request = self.request(message, Some(limit), self.options.require_leader);
-        match attempt_call(limit, call(channel, request)).await {
-            Ok(response) => {
-                self.report_success(&address);
-                Ok(response)
-            }
-            Err((failure, cause)) => {
-                self.report(&address, failure);
-                Err(retry::final_error(name, idempotence, failure, cause, &address.to_string(), 1))
+        let mut reauthenticated = false;
+        loop {
+            let sent_token = self.token.as_ref().map(TokenState::current);
+            let request = self.request(message.clone(), Some(limit), self.options.require_leader);
+            match attempt_call(limit, call(channel.clone(), request)).await {
+                Ok(response) => {
+                    self.report_success(&address);
+                    return Ok(response);
+                }
+                Err((failure, cause)) => {
+                    self.report(&address, failure);
+                    if let Some((generation, token)) = sent_token
+                        && !reauthenticated
+                        && crate::auth::needs_new_token(&cause, token.is_some())
+                    {
+                        reauthenticated = true;
+                        self.refresh_token(Some(generation)).await?;
+                        continue;
+                    }
+                    return Err(retry::final_error(name, idempotence, failure, cause, &address.to_string(), 1));
+                }
             }
         }
     }
@@ -474,7 +587,7 @@ impl Inner {
         let mut addresses: Vec<Address> = Vec::new();
         for member in list.members.iter().filter(|m| !m.is_learner && !m.name.is_empty()) {
             for url in &member.client_ur_ls {
-                match Address::parse(url) {
+                match self.options.address(url) {
                     Ok(a) if !addresses.contains(&a) => addresses.push(a),
                     Ok(_) => {}
                     Err(e) => tracing::debug!(%url, error = %e, "auto-sync: skipping a client URL"),
@@ -540,18 +653,28 @@ fn make_channel(address: &Address, options: &ClientOptions) -> Result<Channel> {
         .http2_keep_alive_interval(options.keep_alive_interval)
         .keep_alive_timeout(options.keep_alive_timeout)
         .keep_alive_while_idle(false);
-    let dialer = Dialer { host: address.dial_host().to_string(), port: address.port(), timeout: options.dial_timeout };
+    // TLS is ours (the dialer's), not tonic's: tonic is built without its
+    // `tls-*` features, so it hands our TLS stream an `https://` URI as it is
+    // (with them it would refuse `https://` without its own TLS config).
+    let tls = match address.is_secure() {
+        true => Some(tls::Handshake::new(options.tls.as_ref(), address.dial_host())?),
+        false => None,
+    };
+    let dialer =
+        Dialer { host: address.dial_host().to_string(), port: address.port(), timeout: options.dial_timeout, tls };
     Ok(endpoint.connect_with_connector_lazy(dialer))
 }
 
-/// Dials one endpoint over TCP (no TLS yet), bounded by the dial timeout.
-/// tonic wraps its errors in [`tonic::ConnectError`], which marks a request
-/// that was never sent.
+/// Dials one endpoint over TCP, then TLS for a secure endpoint, both
+/// bounded by the dial timeout. tonic wraps its errors in
+/// [`tonic::ConnectError`], which marks a request that was never sent (a
+/// failed TLS handshake included: no request byte was written).
 #[derive(Clone)]
 struct Dialer {
     host: String,
     port: u16,
     timeout: Duration,
+    tls: Option<tls::Handshake>,
 }
 
 /// Why a dial failed.
@@ -561,10 +684,12 @@ enum DialError {
     Io { address: String, source: std::io::Error },
     #[error("cannot connect to {address}: no connection within {timeout:?}")]
     TimedOut { address: String, timeout: Duration },
+    #[error("cannot connect to {address}: TLS handshake failed: {source}")]
+    Tls { address: String, source: std::io::Error },
 }
 
 impl tonic::codegen::Service<Uri> for Dialer {
-    type Response = TokioIo<TcpStream>;
+    type Response = TokioIo<tls::Stream>;
     type Error = DialError;
     type Future = Pin<Box<dyn Future<Output = std::result::Result<Self::Response, DialError>> + Send>>;
 
@@ -573,16 +698,21 @@ impl tonic::codegen::Service<Uri> for Dialer {
     }
 
     fn call(&mut self, _uri: Uri) -> Self::Future {
-        let Dialer { host, port, timeout } = self.clone();
+        let Dialer { host, port, timeout, tls } = self.clone();
         Box::pin(async move {
             let address = format!("{host}:{port}");
-            match tokio::time::timeout(timeout, TcpStream::connect((host.as_str(), port))).await {
-                Ok(Ok(stream)) => {
-                    // Small requests: send at once.
-                    let _ = stream.set_nodelay(true);
-                    Ok(TokioIo::new(stream))
-                }
-                Ok(Err(source)) => Err(DialError::Io { address, source }),
+            let deadline = Instant::now() + timeout;
+            let stream = match tokio::time::timeout_at(deadline, TcpStream::connect((host.as_str(), port))).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(source)) => return Err(DialError::Io { address, source }),
+                Err(_) => return Err(DialError::TimedOut { address, timeout }),
+            };
+            // Small requests: send at once.
+            let _ = stream.set_nodelay(true);
+            let Some(tls) = tls else { return Ok(TokioIo::new(tls::Stream::Plain(stream))) };
+            match tokio::time::timeout_at(deadline, tls.connect(stream)).await {
+                Ok(Ok(stream)) => Ok(TokioIo::new(stream)),
+                Ok(Err(source)) => Err(DialError::Tls { address, source }),
                 Err(_) => Err(DialError::TimedOut { address, timeout }),
             }
         })

@@ -15,24 +15,58 @@ use std::time::{Duration, Instant};
 
 use crate::error::Error;
 
-/// A client endpoint, `host:port`; always plain HTTP/2 (no TLS yet).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// A client endpoint, `host:port`, over plain HTTP/2 or TLS. Two addresses
+/// are the same endpoint when host and port are, whatever their schemes
+/// (a member list's `https://h:1` is the endpoint `h:1` given by hand).
+#[derive(Clone, Debug)]
 pub(crate) struct Address {
     /// Host name or IP address; IPv6 addresses keep their brackets.
     host: String,
     port: u16,
+    /// `Some(true)` for `https://`, `Some(false)` for `http://`, `None`
+    /// without a scheme (see [`Address::with_default_scheme`]).
+    secure: Option<bool>,
+}
+
+impl PartialEq for Address {
+    fn eq(&self, other: &Address) -> bool {
+        (&self.host, self.port) == (&other.host, other.port)
+    }
+}
+
+impl Eq for Address {}
+
+impl std::hash::Hash for Address {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (&self.host, self.port).hash(state);
+    }
+}
+
+impl PartialOrd for Address {
+    fn partial_cmp(&self, other: &Address) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Address {
+    fn cmp(&self, other: &Address) -> std::cmp::Ordering {
+        (&self.host, self.port).cmp(&(&other.host, other.port))
+    }
 }
 
 impl Address {
-    /// Parses `host:port` or `http://host:port` (a trailing `/` is allowed).
+    /// Parses `host:port`, `http://host:port` or `https://host:port` (a
+    /// trailing `/` is allowed).
     pub(crate) fn parse(endpoint: &str) -> Result<Address, Error> {
         let invalid = |reason: &str| Error::InvalidEndpoint { endpoint: endpoint.to_string(), reason: reason.into() };
         let trimmed = endpoint.trim();
-        let rest = match trimmed.split_once("://") {
-            Some(("http", rest)) => rest,
-            Some(("https", _)) => return Err(invalid("TLS (https) is not supported by this client yet")),
-            Some((scheme, _)) => return Err(invalid(&format!("unsupported scheme {scheme:?}, expected http"))),
-            None => trimmed,
+        let (secure, rest) = match trimmed.split_once("://") {
+            Some(("http", rest)) => (Some(false), rest),
+            Some(("https", rest)) => (Some(true), rest),
+            Some((scheme, _)) => {
+                return Err(invalid(&format!("unsupported scheme {scheme:?}, expected http or https")));
+            }
+            None => (None, trimmed),
         };
         let rest = rest.strip_suffix('/').unwrap_or(rest);
         if rest.contains('/') {
@@ -49,7 +83,19 @@ impl Address {
         if host.is_empty() || (host.contains(':') && !bracketed) {
             return Err(invalid("expected host:port (IPv6 addresses in brackets)"));
         }
-        Ok(Address { host: host.to_string(), port })
+        Ok(Address { host: host.to_string(), port, secure })
+    }
+
+    /// This address, with TLS if `tls` and no scheme was given.
+    pub(crate) fn with_default_scheme(mut self, tls: bool) -> Address {
+        self.secure.get_or_insert(tls);
+        self
+    }
+
+    /// Whether the endpoint is dialed with TLS (`https://`, or no scheme on
+    /// a client with TLS options).
+    pub(crate) fn is_secure(&self) -> bool {
+        self.secure == Some(true)
     }
 
     /// The host to dial (IPv6 without brackets).
@@ -62,9 +108,10 @@ impl Address {
         self.port
     }
 
-    /// `http://host:port`.
+    /// `http://host:port`, or `https://host:port` with TLS.
     pub(crate) fn url(&self) -> String {
-        format!("http://{self}")
+        let scheme = if self.is_secure() { "https" } else { "http" };
+        format!("{scheme}://{self}")
     }
 }
 
@@ -219,10 +266,21 @@ mod tests {
         assert_eq!(addr("localhost:1").url(), "http://localhost:1");
         let v6 = addr("http://[::1]:2379");
         assert_eq!((v6.dial_host(), v6.port(), v6.url().as_str()), ("::1", 2379, "http://[::1]:2379"));
-        for bad in ["", "127.0.0.1", "host:", "host:0", "host:70000", "https://h:1", "unix://x:1", "::1:2379", "h:1/x"]
-        {
+        for bad in ["", "127.0.0.1", "host:", "host:0", "host:70000", "unix://x:1", "::1:2379", "h:1/x"] {
             assert!(matches!(Address::parse(bad), Err(Error::InvalidEndpoint { .. })), "{bad:?} parsed");
         }
+    }
+
+    #[test]
+    fn the_scheme_chooses_tls_and_a_bare_endpoint_takes_the_default() {
+        let https = addr("https://h:1");
+        assert!(https.is_secure() && https.url() == "https://h:1");
+        assert_eq!(https, addr("http://h:1"), "the same endpoint whatever the scheme");
+        assert!(!addr("http://h:1").with_default_scheme(true).is_secure());
+        assert!(addr("https://h:1").with_default_scheme(false).is_secure());
+        assert!(addr("h:1").with_default_scheme(true).is_secure());
+        assert!(!addr("h:1").with_default_scheme(false).is_secure());
+        assert_eq!(addr("h:1").with_default_scheme(true).url(), "https://h:1");
     }
 
     fn balancer(n: usize) -> Balancer<usize> {

@@ -136,6 +136,33 @@ pub enum ErrorKind {
     PermissionDenied,
     /// `etcdserver: invalid auth token`
     InvalidAuthToken,
+    /// `etcdserver: root user does not exist` (enabling auth without a `root` user)
+    RootUserNotExist,
+    /// `etcdserver: root user does not have root role`
+    RootRoleNotExist,
+    /// `etcdserver: user name already exists`
+    UserAlreadyExists,
+    /// `etcdserver: user name is empty` (also: a request without a token
+    /// while authentication is enabled)
+    UserEmpty,
+    /// `etcdserver: user name not found`
+    UserNotFound,
+    /// `etcdserver: role name already exists`
+    RoleAlreadyExists,
+    /// `etcdserver: role name not found`
+    RoleNotFound,
+    /// `etcdserver: role name is empty`
+    RoleEmpty,
+    /// `etcdserver: authentication failed, invalid user ID or password`
+    AuthFailed,
+    /// `etcdserver: role is not granted to the user`
+    RoleNotGranted,
+    /// `etcdserver: permission is not granted to the role`
+    PermissionNotGranted,
+    /// `etcdserver: authentication is not enabled`
+    AuthNotEnabled,
+    /// `etcdserver: invalid auth management`
+    InvalidAuthMgmt,
 }
 
 /// Every [`ErrorKind`] with its message, for both directions of the lookup.
@@ -176,6 +203,19 @@ const KINDS: &[(ErrorKind, &str)] = &[
     (ErrorKind::BadLeaderTransferee, "etcdserver: bad leader transferee"),
     (ErrorKind::PermissionDenied, "etcdserver: permission denied"),
     (ErrorKind::InvalidAuthToken, "etcdserver: invalid auth token"),
+    (ErrorKind::RootUserNotExist, "etcdserver: root user does not exist"),
+    (ErrorKind::RootRoleNotExist, "etcdserver: root user does not have root role"),
+    (ErrorKind::UserAlreadyExists, "etcdserver: user name already exists"),
+    (ErrorKind::UserEmpty, "etcdserver: user name is empty"),
+    (ErrorKind::UserNotFound, "etcdserver: user name not found"),
+    (ErrorKind::RoleAlreadyExists, "etcdserver: role name already exists"),
+    (ErrorKind::RoleNotFound, "etcdserver: role name not found"),
+    (ErrorKind::RoleEmpty, "etcdserver: role name is empty"),
+    (ErrorKind::AuthFailed, "etcdserver: authentication failed, invalid user ID or password"),
+    (ErrorKind::RoleNotGranted, "etcdserver: role is not granted to the user"),
+    (ErrorKind::PermissionNotGranted, "etcdserver: permission is not granted to the role"),
+    (ErrorKind::AuthNotEnabled, "etcdserver: authentication is not enabled"),
+    (ErrorKind::InvalidAuthMgmt, "etcdserver: invalid auth management"),
 ];
 
 impl ErrorKind {
@@ -211,6 +251,15 @@ pub enum Error {
     /// An argument was rejected before anything was sent.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+
+    /// The TLS options could not be used (a certificate or key that does
+    /// not parse, a key that is not the certificate's, ...).
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
+
+    /// DNS SRV discovery of the endpoints failed ([`crate::discover_srv`]).
+    #[error("{0}")]
+    Discovery(Box<crate::srv::DiscoveryError>),
 
     /// The server answered with an error; the request did not take effect.
     #[error("{0}")]
@@ -282,6 +331,12 @@ pub enum Error {
     /// The watcher, keep-alive or stream was closed, or the client dropped.
     #[error("closed")]
     Closed,
+}
+
+impl From<crate::srv::DiscoveryError> for Error {
+    fn from(e: crate::srv::DiscoveryError) -> Error {
+        Error::Discovery(Box::new(e))
+    }
 }
 
 impl Error {

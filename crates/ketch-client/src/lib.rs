@@ -32,7 +32,9 @@
 //! # Design
 //!
 //! - **Endpoints and connections.** [`Client::connect`] takes a static list
-//!   (`host:port` or `http://host:port`); each endpoint gets one lazily made
+//!   (`host:port`, `http://host:port` or `https://host:port`), or the
+//!   endpoints that DNS SRV records name ([`Client::connect_srv`],
+//!   [`discover_srv`]); each endpoint gets one lazily made
 //!   HTTP/2 connection with a dial timeout and keep-alive pings. Requests go
 //!   round-robin to the endpoints believed healthy; an endpoint whose call
 //!   failed for want of a serving member (connection refused or lost, etcd's
@@ -52,8 +54,15 @@
 //! - **Errors** keep etcd's gRPC code and exact message ([`EtcdError`],
 //!   [`ErrorKind`]).
 //! - [`concurrency`]: sessions, locks and elections with etcd's algorithms.
+//! - **Authentication** ([`ClientOptions::credentials`], [`Auth`]): the
+//!   client authenticates when it connects, sends the token with every
+//!   request, and authenticates again when the server refuses a token
+//!   (`invalid auth token`), sending the refused request once more.
 //!
-//! Not yet: TLS and authentication.
+//! - **TLS** ([`ClientOptions::tls`], [`TlsOptions`]): a CA bundle, a client
+//!   certificate for mutual TLS, a server name to expect, or no
+//!   verification at all. The handshake is part of the dial, so a failed
+//!   handshake is a request that was never sent.
 //!
 //! Answers are etcd's own response messages from [`proto`] (as in etcd's Go
 //! client); requests are built from option structs.
@@ -61,6 +70,7 @@
 #![warn(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
+mod auth;
 mod client;
 mod cluster;
 pub mod concurrency;
@@ -70,9 +80,14 @@ mod kv;
 mod lease;
 mod maintenance;
 mod retry;
+mod srv;
+mod tls;
 mod watch;
 
+pub use auth::Auth;
 pub use client::{Client, ClientOptions};
+pub use srv::{DiscoveryError, LookupError, LookupFailure, discover_srv};
+pub use tls::{TlsError, TlsOptions};
 
 /// Whether a failed call provably never left this process: the connection to
 /// the endpoint could not be made (tonic's `ConnectError` is in the error's
@@ -94,9 +109,12 @@ pub use watch::{Watch, WatchOptions, WatchResponse, Watcher};
 /// etcd's wire types (`ketch-proto`): the response messages this client
 /// returns, and requests for callers who build their own.
 pub mod proto {
+    pub use ketch_proto::authpb::{Permission, User, UserAddOptions};
     pub use ketch_proto::etcdserverpb::*;
     pub use ketch_proto::mvccpb::{Event, KeyValue, event::EventType};
 }
 
+/// The access a role's permission grants (etcd's `authpb.Permission_Type`).
+pub use ketch_proto::authpb::permission::Type as PermissionType;
 pub use ketch_proto::mvccpb::{Event, KeyValue, event::EventType};
 pub use tonic::Code;

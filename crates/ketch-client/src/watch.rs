@@ -401,6 +401,7 @@ async fn open(
         return Err(failed(Failure::NotSent, Cause::StreamEnded));
     }
     let limit = inner.options.attempt_timeout;
+    let sent_token = inner.token.as_ref().map(crate::auth::TokenState::current);
     let request = inner.request(ReceiverStream::new(outgoing), None, require_leader);
     let deadline = Instant::now() + limit;
     let mut incoming = match tokio::time::timeout_at(deadline, WatchClient::new(channel).watch(request)).await {
@@ -419,6 +420,15 @@ async fn open(
         return Err(failed(Failure::Indefinite, Cause::StreamEnded));
     }
     if created.canceled {
+        if let Some((generation, token)) = sent_token
+            && crate::auth::watch_refused_token(&created.cancel_reason, token.is_some())
+        {
+            // The stream's token was refused before the watch was made: a
+            // new token, and the watch is made again.
+            tracing::debug!(%address, reason = %created.cancel_reason, "watch: authenticating again");
+            inner.refresh_token(Some(generation)).await.map_err(Opening::Fatal)?;
+            return Err(Opening::Failed(Some(address), Failure::NotSent, Cause::StreamEnded));
+        }
         return Err(Opening::Fatal(canceled(&created)));
     }
     inner.report_success(&address);

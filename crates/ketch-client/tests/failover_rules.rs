@@ -271,8 +271,14 @@ async fn require_leader_sends_etcds_metadata() {
 #[tokio::test]
 async fn bad_endpoints_are_refused_at_connect() {
     assert!(matches!(Client::connect(Vec::<String>::new(), options()).await, Err(Error::NoEndpoints)));
-    let err = Client::connect(["https://127.0.0.1:2379"], options()).await.unwrap_err();
+    let err = Client::connect(["unix://127.0.0.1:2379"], options()).await.unwrap_err();
     assert!(matches!(err, Error::InvalidEndpoint { .. }), "{err:?}");
     let client = Client::connect(["127.0.0.1:1", "http://127.0.0.1:1/", "localhost:2"], options()).await.unwrap();
     assert_eq!(client.endpoints(), vec!["http://127.0.0.1:1", "http://localhost:2"]);
+    // TLS: https:// always, host:port with TLS options.
+    let client = Client::connect(["https://127.0.0.1:1", "localhost:2"], options()).await.unwrap();
+    assert_eq!(client.endpoints(), vec!["https://127.0.0.1:1", "http://localhost:2"]);
+    let tls = options().tls(ketch_client::TlsOptions::new());
+    let client = Client::connect(["127.0.0.1:1", "http://localhost:2"], tls).await.unwrap();
+    assert_eq!(client.endpoints(), vec!["https://127.0.0.1:1", "http://localhost:2"]);
 }

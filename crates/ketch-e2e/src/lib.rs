@@ -27,6 +27,8 @@
 //!   [`normalize_endpoint`] replaces a server's address in messages.
 //! - [`readable`]: `Debug` output with byte arrays shown as `b"..."` strings,
 //!   for failure messages.
+//! - [`tls`]: certificates made at test time and etcd serving clients over
+//!   TLS; [`dns`]: a network namespace with dnsmasq serving SRV records.
 //!
 //! Running:
 //!
@@ -63,6 +65,8 @@ use ketch_proto::etcdserverpb::{
 use tonic::transport::{Channel, Endpoint};
 
 pub mod cluster;
+pub mod dns;
+pub mod tls;
 
 /// Reference etcd server binary (Debian `etcd-server`, 3.4.23).
 pub const ETCD_BIN: &str = "/usr/bin/etcd";

@@ -695,17 +695,11 @@ async fn flags_environment_and_usage_match_etcdctl() {
     // What ketchctl does not have fails clearly (etcdctl differs here).
     let ketchctl = ketchctl_binary();
     for (args, message) in [
-        (&["get", "k", "--user=root:x"][..], "authentication (--user, --password) is not supported yet"),
-        (&["get", "k", "--password=x"], "authentication (--user, --password) is not supported yet"),
-        (&["user", "list"], "`user list` is not supported yet (Ketch has no authentication yet)"),
-        (&["role", "add", "r"], "`role add` is not supported yet"),
-        (&["auth", "enable"], "`auth enable` is not supported yet"),
-        (&["get", "k", "--cacert=/x"], "TLS (--cacert, --cert, --key) is not supported yet"),
-        (&["get", "k", "--insecure-transport=false"], "TLS (--insecure-transport=false) is not supported yet"),
-        (&["snapshot", "status", "x.db"], "`snapshot status` is not supported yet"),
+        // TLS and DNS discovery: tests/ketchctl_tls.rs.
+        (&["snapshot", "status", "x.db"][..], "`snapshot status` is not supported yet"),
         (&["snapshot", "restore", "x.db"], "`snapshot restore` is not supported yet"),
         (&["defrag", "--data-dir=/x"], "(defrag --data-dir) is not supported yet"),
-        (&["check", "perf"], "`check perf` is not supported yet"),
+        (&["check", "datascale"], "`check datascale` is not supported yet"),
         (&["make-mirror", "127.0.0.1:1"], "`make-mirror` is not supported yet"),
     ] {
         let out = run_program(&ketchctl, &t.ketch.endpoint(), args, None, &[]);

@@ -69,6 +69,21 @@ pub fn err(bytes: impl AsRef<[u8]>) {
     let _ = stderr.write_all(bytes.as_ref());
 }
 
+/// Go's text of an OS error (`open x: no such file or directory`).
+pub fn go_io_error(op: &str, path: &str, e: &std::io::Error) -> String {
+    let text = match e.raw_os_error() {
+        // SAFETY: `strerror` returns a pointer to a static NUL-terminated string.
+        Some(code) => unsafe { std::ffi::CStr::from_ptr(libc::strerror(code)) }.to_string_lossy().into_owned(),
+        None => e.to_string(),
+    };
+    let mut chars = text.chars();
+    let text = match chars.next() {
+        Some(first) => first.to_lowercase().collect::<String>() + chars.as_str(),
+        None => text,
+    };
+    format!("{op} {path}: {text}")
+}
+
 /// gRPC's name of a status code, as Go prints it.
 pub fn code_name(code: Code) -> &'static str {
     match code {
@@ -119,10 +134,29 @@ pub fn message(e: &Error) -> String {
 /// one endpoint dialed directly (`passthrough:///<endpoint>`): there the
 /// dial error shows.
 fn attempt_error_on(endpoint: &str, e: &Error) -> Option<String> {
+    let balancer =
+        |error: &str| Some(format!("rpc error: code = DeadlineExceeded desc = latest balancer error: {error}"));
+    let handshake = |error: &str| {
+        balancer(&format!("connection error: desc = \"transport: authentication handshake failed: {error}\""))
+    };
     match e {
-        Error::Unavailable { last, .. } if last.contains("refused") => Some(format!(
-            "rpc error: code = DeadlineExceeded desc = latest balancer error: connection error: desc = \"transport: Error while dialing dial tcp {endpoint}: connect: connection refused\""
+        Error::Unavailable { last, .. } if last.contains("refused") => balancer(&format!(
+            "connection error: desc = \"transport: Error while dialing dial tcp {}: connect: connection refused\"",
+            crate::secure::host_port(endpoint)
         )),
+        // The client library's texts for a failed TLS handshake (rustls's).
+        Error::Unavailable { last, .. } if last.contains("TLS handshake failed") => {
+            if last.contains("UnknownIssuer") {
+                handshake("x509: certificate signed by unknown authority")
+            } else if last.contains("handshake eof") {
+                handshake("EOF")
+            } else if last.contains("fatal alert") {
+                // The server refused our certificate (or its absence) and closed.
+                balancer("connection closed")
+            } else {
+                attempt_error(e)
+            }
+        }
         _ => attempt_error(e),
     }
 }

@@ -9,11 +9,11 @@
 //! - [`cmd`] has one function per command; [`printer`] the output
 //!   formats ([`json`], [`table`], and Go's formatting rules in [`gofmt`]).
 //! - [`error`] holds etcdctl's exit codes and error texts.
+//! - [`secure`] reads the TLS flags and does DNS SRV discovery.
 //!
-//! Not supported (each fails with a clear message and exit code 4): TLS,
-//! authentication (`--user`, `user`/`role`/`auth`), DNS discovery, offline
-//! snapshot and data directory tools, `make-mirror`, `migrate`, `check`,
-//! `completion`.
+//! Not supported (each fails with a clear message and exit code 4): offline
+//! snapshot and data directory tools, `make-mirror`, `migrate`, `check
+//! datascale`, `completion`.
 
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
@@ -24,7 +24,9 @@ mod error;
 mod gofmt;
 mod help;
 mod json;
+mod password;
 mod printer;
+mod secure;
 mod session;
 mod table;
 

@@ -8,9 +8,10 @@
 use std::fmt::Write as _;
 
 use ketch_client::proto::{
-    AlarmResponse, DeleteRangeResponse, HashKvResponse, LeaseGrantResponse, LeaseKeepAliveResponse,
-    LeaseLeasesResponse, LeaseRevokeResponse, LeaseTimeToLiveResponse, MemberAddResponse, MemberListResponse,
-    MemberPromoteResponse, MemberRemoveResponse, MemberUpdateResponse, MoveLeaderResponse, PutResponse, RangeResponse,
+    AlarmResponse, AuthRoleGetResponse, AuthRoleListResponse, AuthUserGetResponse, AuthUserListResponse,
+    DeleteRangeResponse, HashKvResponse, LeaseGrantResponse, LeaseKeepAliveResponse, LeaseLeasesResponse,
+    LeaseRevokeResponse, LeaseTimeToLiveResponse, MemberAddResponse, MemberListResponse, MemberPromoteResponse,
+    MemberRemoveResponse, MemberUpdateResponse, MoveLeaderResponse, Permission, PutResponse, RangeResponse,
     ResponseHeader, StatusResponse, TxnResponse, response_op,
 };
 use ketch_client::{Event, KeyValue};
@@ -804,6 +805,186 @@ impl Printer {
             Format::Json => out(json::move_leader(r) + "\n"),
             Format::Protobuf => protobuf(r),
             Format::Fields | Format::Table => return Err(self.unsupported()),
+        }
+        Ok(())
+    }
+}
+
+/// A permission type's name (`authpb.Permission_Type`'s `String()`).
+fn permission_type_name(t: i32) -> String {
+    match t {
+        0 => "READ".to_string(),
+        1 => "WRITE".to_string(),
+        2 => "READWRITE".to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// clientv3's `GetPrefixRangeEnd`: the key after every key with this
+/// prefix, `"\0"` when there is none.
+pub fn prefix_end(key: &[u8]) -> Vec<u8> {
+    let mut end = key.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// The simple printer's permission lines of one kind (`KV Read:` or `KV
+/// Write:`), keys as raw bytes.
+fn simple_permissions(o: &mut Vec<u8>, perms: &[Permission], wanted: &[i32]) {
+    for perm in perms.iter().filter(|p| wanted.contains(&p.perm_type)) {
+        o.push(b'\t');
+        if perm.range_end.is_empty() {
+            o.extend_from_slice(&perm.key);
+            o.push(b'\n');
+            continue;
+        }
+        o.push(b'[');
+        o.extend_from_slice(&perm.key);
+        if perm.range_end != b"\0" {
+            o.extend_from_slice(b", ");
+            o.extend_from_slice(&perm.range_end);
+            o.push(b')');
+        } else {
+            o.extend_from_slice(b", <open ended>");
+        }
+        if prefix_end(&perm.key) == perm.range_end {
+            o.extend_from_slice(b" (prefix ");
+            o.extend_from_slice(&perm.key);
+            o.push(b')');
+        }
+        o.push(b'\n');
+    }
+}
+
+impl Printer {
+    /// The answer of an auth change (user add, role grant-permission, ...):
+    /// `simple` in the simple format, the header otherwise.
+    pub fn auth_change<M: Message>(&self, simple: &[u8], r: &M, header: Option<&ResponseHeader>) -> CtlResult {
+        match self.format {
+            Format::Simple => out(simple),
+            Format::Json => {
+                out(Object::new().message_omit("header", header.map(json::header)).finish() + "\n");
+            }
+            Format::Fields => {
+                let mut s = String::new();
+                fields_header(&mut s, header)?;
+                out(s);
+            }
+            Format::Protobuf => protobuf(r),
+            Format::Table => return Err(self.unsupported()),
+        }
+        Ok(())
+    }
+
+    /// `user get`'s answer.
+    pub fn user_get(&self, name: &str, r: &AuthUserGetResponse) -> CtlResult {
+        match self.format {
+            Format::Simple => {
+                let mut s = format!("User: {name}\nRoles:");
+                for role in &r.roles {
+                    s.push(' ');
+                    s.push_str(role);
+                }
+                s.push('\n');
+                out(s);
+            }
+            Format::Json => out(Object::new()
+                .message_omit("header", r.header.as_ref().map(json::header))
+                .strings_omit("roles", &r.roles)
+                .finish()
+                + "\n"),
+            Format::Protobuf => protobuf(r),
+            Format::Fields | Format::Table => return Err(self.unsupported()),
+        }
+        Ok(())
+    }
+
+    /// `user list`'s answer.
+    pub fn user_list(&self, r: &AuthUserListResponse) -> CtlResult {
+        match self.format {
+            Format::Simple => out(r.users.iter().map(|u| format!("{u}\n")).collect::<String>()),
+            Format::Json => out(Object::new()
+                .message_omit("header", r.header.as_ref().map(json::header))
+                .strings_omit("users", &r.users)
+                .finish()
+                + "\n"),
+            Format::Protobuf => protobuf(r),
+            Format::Fields | Format::Table => return Err(self.unsupported()),
+        }
+        Ok(())
+    }
+
+    /// `role get`'s answer (also each role of `user get --detail`).
+    pub fn role_get(&self, name: &str, r: &AuthRoleGetResponse) -> CtlResult {
+        match self.format {
+            Format::Simple => {
+                let mut o = format!("Role {name}\nKV Read:\n").into_bytes();
+                simple_permissions(&mut o, &r.perm, &[0, 2]);
+                o.extend_from_slice(b"KV Write:\n");
+                simple_permissions(&mut o, &r.perm, &[1, 2]);
+                out(o);
+            }
+            Format::Json => {
+                let perms = r
+                    .perm
+                    .iter()
+                    .map(|p| {
+                        Object::new()
+                            .int_omit("permType", i128::from(p.perm_type))
+                            .bytes_omit("key", &p.key)
+                            .bytes_omit("range_end", &p.range_end)
+                            .finish()
+                    })
+                    .collect();
+                out(Object::new()
+                    .message_omit("header", r.header.as_ref().map(json::header))
+                    .array_omit("perm", perms)
+                    .finish()
+                    + "\n");
+            }
+            Format::Fields => {
+                let mut s = String::new();
+                fields_header(&mut s, r.header.as_ref())?;
+                for p in &r.perm {
+                    let _ = writeln!(s, "\"PermType\" :  {}", permission_type_name(p.perm_type));
+                    let _ = writeln!(s, "\"Key\" : {}", quote(&p.key));
+                    let _ = writeln!(s, "\"RangeEnd\" : {}", quote(&p.range_end));
+                }
+                out(s);
+            }
+            Format::Protobuf => protobuf(r),
+            Format::Table => return Err(self.unsupported()),
+        }
+        Ok(())
+    }
+
+    /// `role list`'s answer.
+    pub fn role_list(&self, r: &AuthRoleListResponse) -> CtlResult {
+        match self.format {
+            Format::Simple => out(r.roles.iter().map(|role| format!("{role}\n")).collect::<String>()),
+            Format::Json => out(Object::new()
+                .message_omit("header", r.header.as_ref().map(json::header))
+                .strings_omit("roles", &r.roles)
+                .finish()
+                + "\n"),
+            Format::Fields => {
+                let mut s = String::new();
+                fields_header(&mut s, r.header.as_ref())?;
+                s.push_str("\"Roles\" :");
+                for role in &r.roles {
+                    s.push(' ');
+                    s.push_str(&quote(role.as_bytes()));
+                }
+                s.push('\n');
+                out(s);
+            }
+            Format::Protobuf => protobuf(r),
+            Format::Table => return Err(self.unsupported()),
         }
         Ok(())
     }

@@ -104,7 +104,6 @@ fn uuid() -> String {
 /// environment, printer, `--debug`, and the options ketchctl does not have.
 pub fn prepare(invocation: &mut Invocation) -> Result<Printer, Exit> {
     apply_env(&invocation.path, &mut invocation.flags)?;
-    let printer = printer(&invocation.flags)?;
     let flags = &invocation.flags;
     if flags.bool("debug") {
         let mut lines = String::new();
@@ -113,25 +112,47 @@ pub fn prepare(invocation: &mut Invocation) -> Result<Printer, Exit> {
         }
         err(lines);
     }
-    if !flags.string("discovery-srv").is_empty() {
-        return Err(Exit::unsupported("DNS discovery of endpoints (--discovery-srv)"));
+    crate::secure::check_flags(flags)?;
+    ask_password(&mut invocation.flags)?;
+    // etcdctl checks the output format last.
+    printer(&invocation.flags)
+}
+
+/// etcdctl's `authCfgFromCmd`: `--user name` without a password (neither
+/// `name:password` nor `--password`) asks for it on the terminal; the
+/// answer is kept as `--password`.
+fn ask_password(flags: &mut Flags) -> Result<(), Exit> {
+    let user = flags.string("user");
+    if user.is_empty() || !flags.string("password").is_empty() || user.contains(':') {
+        return Ok(());
     }
-    if !flags.string("cacert").is_empty() || !flags.string("cert").is_empty() || !flags.string("key").is_empty() {
-        return Err(Exit::unsupported("TLS (--cacert, --cert, --key)"));
-    }
-    if !flags.bool("insecure-transport") {
-        return Err(Exit::unsupported("TLS (--insecure-transport=false)"));
-    }
-    if !flags.string("user").is_empty() || !flags.string("password").is_empty() {
-        return Err(Exit::unsupported("authentication (--user, --password)"));
-    }
-    Ok(printer)
+    let password = crate::password::ask("Password: ").map_err(|e| Exit::error(EXIT_ERROR, e))?;
+    let _ = flags.set("password", &password);
+    Ok(())
+}
+
+/// The user name and password of `--user` and `--password`, if both are
+/// there (clientv3 authenticates only then).
+pub fn credentials(flags: &Flags) -> Option<(String, String)> {
+    let user = flags.string("user");
+    let password = flags.string("password");
+    let (name, password) = if password.is_empty() {
+        let (name, password) = user.split_once(':')?;
+        (name.to_string(), password.to_string())
+    } else {
+        (user, password)
+    };
+    (!name.is_empty() && !password.is_empty()).then_some((name, password))
 }
 
 /// Client options from the global flags.
 pub fn client_options(flags: &Flags) -> ClientOptions {
     let command_timeout = flags.duration("command-timeout");
-    ClientOptions::new()
+    let mut options = ClientOptions::new();
+    if let Some((name, password)) = credentials(flags) {
+        options = options.credentials(name, password);
+    }
+    options
         .dial_timeout(flags.duration("dial-timeout"))
         .request_timeout(command_timeout)
         .attempt_timeout(command_timeout)
@@ -143,16 +164,35 @@ pub fn client_options(flags: &Flags) -> ClientOptions {
 pub async fn connect(invocation: &mut Invocation) -> Result<Session, Exit> {
     let printer = prepare(invocation)?;
     let flags = &invocation.flags;
-    let endpoints = flags.strings("endpoints");
+    // From `--discovery-srv`'s SRV records, or `--endpoints`.
+    let endpoints = crate::secure::endpoints(flags).await?;
     connect_to(flags, endpoints, printer).await
 }
 
 /// A session on `endpoints` with the global flags' settings.
 pub async fn connect_to(flags: &Flags, endpoints: Vec<String>, printer: Printer) -> Result<Session, Exit> {
-    let client = Client::connect(&endpoints, client_options(flags))
-        .await
-        .map_err(|e| Exit::error(EXIT_BAD_CONNECTION, crate::error::message(&e)))?;
-    let target = format!("endpoint://client-{}/{}", uuid(), endpoints.first().map_or("", String::as_str));
+    let first = endpoints.first().map_or("", |e| crate::secure::host_port(e));
+    let target = format!("endpoint://client-{}/{first}", uuid());
+    // TLS from `--cacert`, `--cert`, `--key`, `--insecure-transport`, ...
+    let tls = crate::secure::tls_options(flags)?;
+    let dialed = crate::secure::client_endpoints(&endpoints, tls.is_some());
+    let options = match tls {
+        Some(tls) => client_options(flags).tls(tls),
+        None => client_options(flags),
+    };
+    let client = Client::connect(&dialed, options).await.map_err(|e| {
+        // A failed authentication, logged as clientv3 logs it.
+        crate::error::log_failed_request(&target, &e);
+        Exit::error(EXIT_BAD_CONNECTION, crate::error::message(&e))
+    })?;
+    if credentials(flags).is_some() && !client.has_token() {
+        // clientv3 goes on without a token, after logging the refusal.
+        let refusal = ketch_client::EtcdError::new(
+            ketch_client::Code::FailedPrecondition,
+            ketch_client::ErrorKind::AuthNotEnabled.message(),
+        );
+        crate::error::log_failed_request(&target, &ketch_client::Error::Server(refusal));
+    }
     Ok(Session { client, printer, endpoints, target })
 }
 
@@ -186,5 +226,23 @@ mod tests {
         let id = uuid();
         assert_eq!(id.len(), 36);
         assert_eq!(id.as_bytes()[14], b'4');
+    }
+
+    #[test]
+    fn credentials_as_etcdctl_reads_them() {
+        let creds = |args: &[&str]| match crate::cli::parse(args.iter().map(std::ffi::OsString::from).collect()) {
+            Ok(crate::cli::Parsed::Run(inv)) => credentials(&inv.flags),
+            _ => panic!("{args:?} does not parse"),
+        };
+        let pair = |n: &str, p: &str| Some((n.to_string(), p.to_string()));
+        assert_eq!(creds(&["get", "k"]), None);
+        assert_eq!(creds(&["get", "k", "--user", "root:pw"]), pair("root", "pw"));
+        assert_eq!(creds(&["get", "k", "--user", "root:p:w"]), pair("root", "p:w"));
+        // With --password, the whole of --user is the name.
+        assert_eq!(creds(&["get", "k", "--user", "a:b", "--password", "pw"]), pair("a:b", "pw"));
+        // clientv3 authenticates only with both a name and a password.
+        assert_eq!(creds(&["get", "k", "--user", ":pw"]), None);
+        assert_eq!(creds(&["get", "k", "--user", "root:"]), None);
+        assert_eq!(creds(&["get", "k", "--password", "pw"]), None);
     }
 }

@@ -17,7 +17,8 @@ use crate::session::{self, Session};
 /// `endpointsFromCluster`).
 pub async fn endpoints_from_cluster(s: &Session, flags: &Flags) -> Result<Vec<String>, Exit> {
     if !flags.bool("cluster") {
-        return Ok(s.endpoints.clone());
+        // `--endpoints` even with `--discovery-srv` (etcdctl 3.4).
+        return Ok(flags.strings("endpoints"));
     }
     let members = s.logged(s.client.cluster().member_list().await).map_err(|e| {
         Exit::error(EXIT_ERROR, format!("failed to fetch endpoints from etcd cluster member list: {}", message(&e)))

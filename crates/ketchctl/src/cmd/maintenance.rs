@@ -8,7 +8,7 @@ use ketch_client::AlarmType;
 use ketch_client::proto::{AlarmMember, AlarmResponse};
 
 use crate::cli::Invocation;
-use crate::error::{CtlResult, EXIT_BAD_ARGS, EXIT_ERROR, EXIT_INTERRUPTED, Exit, err, message, out};
+use crate::error::{CtlResult, EXIT_BAD_ARGS, EXIT_ERROR, EXIT_INTERRUPTED, Exit, err, go_io_error, message, out};
 use crate::gofmt::{self, json_string_plain};
 use crate::session;
 
@@ -95,21 +95,6 @@ pub async fn defrag(mut inv: Invocation) -> CtlResult {
         return Err(Exit::silent(EXIT_ERROR));
     }
     Ok(())
-}
-
-/// Go's text of an OS error (`open x: no such file or directory`).
-fn go_io_error(op: &str, path: &str, e: &std::io::Error) -> String {
-    let text = match e.raw_os_error() {
-        // SAFETY: `strerror` returns a pointer to a static NUL-terminated string.
-        Some(code) => unsafe { std::ffi::CStr::from_ptr(libc::strerror(code)) }.to_string_lossy().into_owned(),
-        None => e.to_string(),
-    };
-    let mut chars = text.chars();
-    let text = match chars.next() {
-        Some(first) => first.to_lowercase().collect::<String>() + chars.as_str(),
-        None => text,
-    };
-    format!("{op} {path}: {text}")
 }
 
 /// zap's production log line with an epoch timestamp (etcdctl's snapshot

@@ -1,5 +1,7 @@
 //! One function per etcdctl command; [`run`] dispatches on the command path.
 
+mod auth;
+mod check;
 mod concurrency;
 mod endpoint;
 mod kv;
@@ -40,6 +42,22 @@ pub async fn run(inv: Invocation) -> CtlResult {
         "defrag" => maintenance::defrag(inv).await,
         "snapshot save" => maintenance::snapshot_save(inv).await,
         "lock" => concurrency::lock(inv).await,
+        "user add" => auth::user_add(inv).await,
+        "user delete" => auth::user_delete(inv).await,
+        "user get" => auth::user_get(inv).await,
+        "user list" => auth::user_list(inv).await,
+        "user passwd" => auth::user_passwd(inv).await,
+        "user grant-role" => auth::user_grant_role(inv).await,
+        "user revoke-role" => auth::user_revoke_role(inv).await,
+        "role add" => auth::role_add(inv).await,
+        "role delete" => auth::role_delete(inv).await,
+        "role get" => auth::role_get(inv).await,
+        "role list" => auth::role_list(inv).await,
+        "role grant-permission" => auth::role_grant_permission(inv).await,
+        "role revoke-permission" => auth::role_revoke_permission(inv).await,
+        "auth enable" => auth::auth_enable(inv).await,
+        "auth disable" => auth::auth_disable(inv).await,
+        "check perf" => check::perf(inv).await,
         "elect" => concurrency::elect(inv).await,
         "version" => {
             maintenance::version();
@@ -58,7 +76,6 @@ pub async fn run(inv: Invocation) -> CtlResult {
 fn unsupported(path: &str) -> Exit {
     let group = path.split(' ').next().unwrap_or(path);
     let why = match group {
-        "auth" | "user" | "role" => " (Ketch has no authentication yet)",
         "snapshot" => " (it works offline on etcd's bbolt files, which Ketch does not use)",
         "migrate" => " (it migrates etcd v2 data, which Ketch never had)",
         _ => "",
