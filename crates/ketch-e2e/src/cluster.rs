@@ -650,7 +650,7 @@ impl Drop for Cluster {
 
 /// The member a quorum agrees leads: it says it leads (its `Status.leader`
 /// is its own ID) and at least `quorum` statuses name it as leader.
-fn agreed_leader(statuses: &[Option<StatusResponse>], quorum: usize) -> Option<usize> {
+pub(crate) fn agreed_leader(statuses: &[Option<StatusResponse>], quorum: usize) -> Option<usize> {
     statuses.iter().enumerate().find_map(|(i, s)| {
         let s = s.as_ref()?;
         let me = s.header.as_ref()?.member_id;
@@ -663,7 +663,7 @@ fn agreed_leader(statuses: &[Option<StatusResponse>], quorum: usize) -> Option<u
 }
 
 /// The value of `--flag value` or `--flag=value` in `args`, parsed.
-fn flag_value(args: &[String], flag: &str) -> Option<u64> {
+pub(crate) fn flag_value(args: &[String], flag: &str) -> Option<u64> {
     let mut it = args.iter();
     while let Some(a) = it.next() {
         if a == flag {
@@ -707,7 +707,7 @@ where
 
 /// A channel to `url` (connect bounded by 1 s; no request timeout, callers
 /// bound the whole call).
-async fn connect(url: &str) -> Result<Channel, String> {
+pub(crate) async fn connect(url: &str) -> Result<Channel, String> {
     Endpoint::from_shared(url.to_string())
         .map_err(|e| e.to_string())?
         .connect_timeout(Duration::from_secs(1))
@@ -716,13 +716,16 @@ async fn connect(url: &str) -> Result<Channel, String> {
         .map_err(|e| format!("connect {url}: {e}"))
 }
 
-async fn bounded<T>(limit: Duration, fut: impl std::future::Future<Output = Result<T, String>>) -> Result<T, String> {
+pub(crate) async fn bounded<T>(
+    limit: Duration,
+    fut: impl std::future::Future<Output = Result<T, String>>,
+) -> Result<T, String> {
     tokio::time::timeout(limit, fut).await.unwrap_or_else(|_| Err(format!("no answer within {limit:?}")))
 }
 
 /// Runs `futures` concurrently on the current task and returns their outputs
 /// in order.
-async fn futures_join<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+pub(crate) async fn futures_join<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
     let mut futures: Vec<std::pin::Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
     let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
     std::future::poll_fn(|cx| {

@@ -29,6 +29,15 @@
 //!   for failure messages.
 //! - [`tls`]: certificates made at test time and etcd serving clients over
 //!   TLS; [`dns`]: a network namespace with dnsmasq serving SRV records.
+//! - [`cluster::Cluster`]: a 3-member cluster on loopback behind in-process
+//!   peer proxies that cut or isolate members. [`netns::Net`] and
+//!   [`net_cluster::NetCluster`]: the same on a real network, each member in
+//!   its own network namespace behind a Linux bridge, with packet-level
+//!   faults (nftables partitions and one-way drops, delay and loss). Both
+//!   kill -9, restart, SIGSTOP and SIGCONT members.
+//! - [`workload`]: the recorded client workload of the nemesis runs (puts,
+//!   gets, deletes, transactions, a watch) and the `ketch-check` checks on
+//!   what it recorded.
 //!
 //! Running:
 //!
@@ -66,7 +75,10 @@ use tonic::transport::{Channel, Endpoint};
 
 pub mod cluster;
 pub mod dns;
+pub mod net_cluster;
+pub mod netns;
 pub mod tls;
+pub mod workload;
 
 /// Reference etcd server binary (Debian `etcd-server`, 3.4.23).
 pub const ETCD_BIN: &str = "/usr/bin/etcd";
