@@ -13,7 +13,7 @@ use anyhow::{Context, bail};
 use ketch_sim::SimConfig;
 
 fn usage() -> &'static str {
-    "usage: ketch-sim [--seeds N] [--first S] [--seed S] [--fault-ms MS] [--bug ack-before-fsync|apply-uncommitted|read-without-read-index|applied-index-apart] [--verbose]"
+    "usage: ketch-sim [--seeds N] [--first S] [--seed S] [--fault-ms MS] [--bug ack-before-fsync|apply-uncommitted|read-without-read-index|applied-index-apart] [--duplicate-proposals] [--verbose]"
 }
 
 struct Args {
@@ -21,11 +21,12 @@ struct Args {
     seeds: u64,
     fault_ms: Option<u64>,
     bug: Option<String>,
+    duplicate_proposals: bool,
     verbose: bool,
 }
 
 fn parse() -> anyhow::Result<Args> {
-    let mut a = Args { first: 1, seeds: 10, fault_ms: None, bug: None, verbose: false };
+    let mut a = Args { first: 1, seeds: 10, fault_ms: None, bug: None, duplicate_proposals: false, verbose: false };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = |name: &str| it.next().with_context(|| format!("{name} needs a value\n{}", usage()));
@@ -38,6 +39,7 @@ fn parse() -> anyhow::Result<Args> {
             }
             "--fault-ms" => a.fault_ms = Some(value("--fault-ms")?.parse()?),
             "--bug" => a.bug = Some(value("--bug")?),
+            "--duplicate-proposals" => a.duplicate_proposals = true,
             "--verbose" | "-v" => a.verbose = true,
             "--help" | "-h" => {
                 println!("{}", usage());
@@ -63,6 +65,7 @@ fn main() -> anyhow::Result<ExitCode> {
         if let Some(bug) = &args.bug {
             cfg.bugs = ketch_sim::sim::planted(bug).with_context(|| format!("unknown bug {bug:?}\n{}", usage()))?;
         }
+        cfg.duplicate_proposals = args.duplicate_proposals;
         let t = Instant::now();
         let report = ketch_sim::Sim::new(cfg.clone()).verbose(args.verbose).run();
         println!(
@@ -82,7 +85,8 @@ fn main() -> anyhow::Result<ExitCode> {
             }
             let bug = args.bug.as_ref().map(|b| format!(" --bug {b}")).unwrap_or_default();
             let fault = args.fault_ms.map(|m| format!(" --fault-ms {m}")).unwrap_or_default();
-            println!("  replay: cargo run -p ketch-sim -- --seed {seed}{fault}{bug} --verbose");
+            let dup = if args.duplicate_proposals { " --duplicate-proposals" } else { "" };
+            println!("  replay: cargo run -p ketch-sim -- --seed {seed}{fault}{bug}{dup} --verbose");
         }
     }
     println!("{} seeds, {failed} failed, {:.1}s", args.seeds, started.elapsed().as_secs_f64());

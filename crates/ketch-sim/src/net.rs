@@ -50,6 +50,9 @@ pub struct Net {
     /// Directed links that drop everything: (from, to).
     blocked: BTreeSet<(u64, u64)>,
     pub weather: Weather,
+    /// Duplicate forwarded proposals too (a transport that resends): raft
+    /// would apply them twice. Off but for reproducing that finding.
+    pub duplicate_proposals: bool,
 }
 
 impl Default for Net {
@@ -66,6 +69,7 @@ impl Net {
             seq: 0,
             blocked: BTreeSet::new(),
             weather: Weather::calm(),
+            duplicate_proposals: false,
         }
     }
 
@@ -80,7 +84,7 @@ impl Net {
             // A forwarded proposal is never duplicated: the peer stream runs
             // over TCP and never resends, and raft does not deduplicate
             // proposals (etcd's would apply twice too).
-            let proposal = msg.get_msg_type() == MessageType::MsgPropose;
+            let proposal = msg.get_msg_type() == MessageType::MsgPropose && !self.duplicate_proposals;
             let copies = if !proposal && rng.random_bool(self.weather.duplicate) { 2 } else { 1 };
             for _ in 0..copies {
                 let (lo, hi) = self.weather.delay_ms;

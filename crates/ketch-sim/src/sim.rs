@@ -58,6 +58,8 @@ pub struct SimConfig {
     pub bugs: PlantedBugs,
     /// `--snapshot-count`: small, so snapshots and log compaction happen.
     pub snapshot_count: u64,
+    /// Let the network duplicate forwarded proposals (see [`Net`]).
+    pub duplicate_proposals: bool,
 }
 
 impl SimConfig {
@@ -71,6 +73,7 @@ impl SimConfig {
             calm_ms: 3_000,
             bugs: PlantedBugs::default(),
             snapshot_count: 300,
+            duplicate_proposals: false,
         }
     }
 }
@@ -189,11 +192,13 @@ impl Sim {
             })
             .collect();
         let clients = (0..cfg.clients as u64).map(|c| Client::new(c, cfg.keys, CLIENT_TIMEOUT_MS)).collect();
+        let mut net = Net::new();
+        net.duplicate_proposals = cfg.duplicate_proposals;
         Sim {
             rng,
             now: Arc::new(AtomicU64::new(0)),
             nodes,
-            net: Net::new(),
+            net,
             registry: Registry::default(),
             clients,
             history: History::new(),

@@ -100,3 +100,15 @@ fn reading_without_read_index_is_caught() {
 fn applied_index_apart_from_data_is_caught() {
     catch("applied-index-apart");
 }
+
+/// The simulator's first finding: raft does not deduplicate proposals, so a
+/// transport that delivered a forwarded `MsgProp` twice would have it
+/// applied twice. Ketch's transport delivers at most once; this keeps the
+/// checkers able to see the double write.
+#[test]
+fn a_duplicated_proposal_is_applied_twice_and_caught() {
+    let mut cfg = SimConfig::new(18);
+    cfg.duplicate_proposals = true;
+    let r = run(cfg);
+    assert!(!r.passed(), "seed 18 with duplicated proposals should fail: {r:?}");
+}
