@@ -11,5 +11,6 @@ pub mod client;
 pub mod disk;
 pub mod net;
 pub mod sim;
+pub mod watch;
 
 pub use sim::{Report, Sim, SimConfig, run};

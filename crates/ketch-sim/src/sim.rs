@@ -21,6 +21,7 @@ use ketch_check::durability::{FinalState, check_durability};
 use ketch_check::history::{History, KeyValue};
 use ketch_check::linearizability::{CheckConfig, Verdict};
 use ketch_check::per_key::check_linearizable_per_key;
+use ketch_check::watch::{EventLog, check_watchers};
 use ketch_mvcc::{RangeEnd, RangeOptions, Store};
 use ketch_raft::eraftpb::MessageType;
 use ketch_server::ServerError;
@@ -33,6 +34,7 @@ use rand::{Rng, SeedableRng};
 use crate::client::Client;
 use crate::disk::Disk;
 use crate::net::{Net, SimOutbox, Weather};
+use crate::watch::{SimWatcher, event};
 
 /// Heartbeat and election timeout, as etcd's defaults.
 const HEARTBEAT_MS: u64 = 100;
@@ -43,6 +45,10 @@ const CLIENT_TIMEOUT_MS: u64 = 3000;
 const LIVENESS_BOUND_MS: u64 = 15_000;
 /// How long members get to converge once healed and idle.
 const CONVERGE_BOUND_MS: u64 = 30_000;
+/// How long watchers get to receive the last revision once members converged.
+const WATCH_CATCH_UP_BOUND_MS: u64 = 5_000;
+/// Watchers following every workload key.
+const WATCHERS: usize = 2;
 
 /// What to simulate.
 #[derive(Clone, Debug)]
@@ -149,6 +155,10 @@ pub struct Sim {
     net: Net,
     registry: Registry,
     clients: Vec<Client>,
+    watchers: Vec<SimWatcher>,
+    /// The watchers' own random choices, apart from the rest, so that adding
+    /// watchers did not change what a seed does to the cluster.
+    watch_rng: StdRng,
     history: History,
     trace: Trace,
     faults: Vec<String>,
@@ -201,6 +211,8 @@ impl Sim {
             net,
             registry: Registry::default(),
             clients,
+            watchers: (0..WATCHERS).map(|_| SimWatcher::new(b"k")).collect(),
+            watch_rng: StdRng::seed_from_u64(cfg.seed ^ 0x5741_5443_4845_5253),
             history: History::new(),
             trace: Trace(0xcbf2_9ce4_8422_2325),
             faults: Vec::new(),
@@ -290,6 +302,11 @@ impl Sim {
         let node = &mut self.nodes[i];
         let Some(m) = node.running.take() else { return };
         self.registry.0.lock().expect("registry lock poisoned").remove(&node.id);
+        for w in &mut self.watchers {
+            if w.member == Some(i) {
+                w.broken();
+            }
+        }
         node.disk.crash(&mut self.rng, torn);
         drop(m);
         node.restart_at = restart_at;
@@ -367,6 +384,31 @@ impl Sim {
         }
         self.net.take_sent(now, &mut self.rng);
         self.clients_step(now, true);
+        self.watchers_step();
+    }
+
+    /// Watchers take what their member published; a watcher whose member
+    /// is gone resumes on a random running one.
+    fn watchers_step(&mut self) {
+        let running: Vec<usize> = (0..self.nodes.len()).filter(|&i| self.nodes[i].running.is_some()).collect();
+        for w in 0..self.watchers.len() {
+            let current = self.watchers[w].member;
+            match current.and_then(|i| self.nodes[i].running.as_ref()) {
+                Some(m) => {
+                    let m = m.member().clone();
+                    self.watchers[w].poll(&m);
+                }
+                None if !running.is_empty() => {
+                    let i = running[self.watch_rng.random_range(0..running.len())];
+                    let m = self.nodes[i].running.as_ref().map(|m| m.member().clone());
+                    if let Some(m) = m {
+                        self.watchers[w].open(i, &m);
+                        self.trace.add(&format!("w{w} opened on m{i} at {}", self.now()));
+                    }
+                }
+                None => {}
+            }
+        }
     }
 
     /// A member hit an assertion (raft's own, say): the run is over.
@@ -548,6 +590,21 @@ impl Sim {
         if self.aborted {
             return self.report();
         }
+        let watch_until = self.now() + WATCH_CATCH_UP_BOUND_MS;
+        let last = self.nodes.iter().find_map(|n| n.running.as_ref()).map(|m| m.member().store().current_revision());
+        if let Some(last) = last {
+            while self.now() < watch_until && self.watchers.iter().any(|w| w.next_rev <= last) {
+                self.step_quiet();
+            }
+            for (i, w) in self.watchers.iter().enumerate() {
+                if w.next_rev <= last {
+                    self.failures.push(format!(
+                        "watch liveness: watcher {i} still waits for revision {} of {last} after {WATCH_CATCH_UP_BOUND_MS} ms",
+                        w.next_rev
+                    ));
+                }
+            }
+        }
         self.check(converged)
     }
 
@@ -594,6 +651,19 @@ impl Sim {
         ))
     }
 
+    /// Every event of the workload's keys in `m`'s history.
+    fn event_log(&self, m: &Member) -> Result<EventLog, ServerError> {
+        let view = m.store().read()?;
+        let last = view.rev();
+        let (events, _) = view.events(1, last, usize::MAX)?;
+        Ok(EventLog {
+            events: events.iter().filter(|e| e.kv.key.starts_with(b"k")).map(event).collect(),
+            first_revision: 1,
+            last_revision: last,
+            compacted_revision: view.compact_rev().max(0),
+        })
+    }
+
     fn check(mut self, converged: bool) -> Report {
         if !converged {
             let statuses: Vec<String> = self
@@ -623,6 +693,20 @@ impl Sim {
         }
         for d in check_convergence(&digests) {
             self.failures.push(format!("convergence: {d:?}"));
+        }
+        if let Some(m) = self.members().into_iter().flatten().next() {
+            match self.event_log(&m) {
+                Ok(log) => {
+                    let records: Vec<_> = self.watchers.iter().map(|w| w.record.clone()).collect();
+                    for v in check_watchers(&records, Some(&log)).into_iter().take(10) {
+                        self.failures.push(format!("watch: {v}"));
+                    }
+                }
+                Err(e) => self.failures.push(format!("reading the event log: {e}")),
+            }
+        }
+        for w in &self.watchers {
+            self.trace.add(&format!("watcher responses {}", w.responses()));
         }
         let config = CheckConfig { step_budget: 5_000_000, ..CheckConfig::default() };
         if let Some(state) = finals.first() {
