@@ -9,6 +9,7 @@
 
 pub mod client;
 pub mod disk;
+pub mod lease;
 pub mod net;
 pub mod sim;
 pub mod watch;

@@ -33,6 +33,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::client::Client;
 use crate::disk::Disk;
+use crate::lease::LeaseClient;
 use crate::net::{Net, SimOutbox, Weather};
 use crate::watch::{SimWatcher, event};
 
@@ -160,6 +161,13 @@ pub struct Sim {
     /// watchers did not change what a seed does to the cluster.
     watch_rng: StdRng,
     history: History,
+    leases: LeaseClient,
+    lease_rng: StdRng,
+    /// Whether new leases are granted (not once healed).
+    lease_grants: bool,
+    /// The leader last seen, and when (sim ms) leadership last changed.
+    last_leader: Option<usize>,
+    last_leader_change: u64,
     trace: Trace,
     faults: Vec<String>,
     failures: Vec<String>,
@@ -214,6 +222,11 @@ impl Sim {
             watchers: (0..WATCHERS).map(|_| SimWatcher::new(b"k")).collect(),
             watch_rng: StdRng::seed_from_u64(cfg.seed ^ 0x5741_5443_4845_5253),
             history: History::new(),
+            leases: LeaseClient::new(),
+            lease_rng: StdRng::seed_from_u64(cfg.seed ^ 0x4c45_4153_4553_5f5f),
+            lease_grants: true,
+            last_leader: None,
+            last_leader_change: 0,
             trace: Trace(0xcbf2_9ce4_8422_2325),
             faults: Vec::new(),
             failures: Vec::new(),
@@ -385,6 +398,19 @@ impl Sim {
         self.net.take_sent(now, &mut self.rng);
         self.clients_step(now, true);
         self.watchers_step();
+        self.leases_step(now);
+    }
+
+    fn leases_step(&mut self, now: u64) {
+        let leader = self.leader();
+        if leader != self.last_leader {
+            self.last_leader = leader;
+            self.last_leader_change = now;
+            self.trace.add(&format!("leader {leader:?} at {now}"));
+        }
+        let members = self.members();
+        self.leases.step(now, &mut self.lease_rng, &members, self.lease_grants);
+        self.leases.keep_alive(now, leader.and_then(|l| members[l].as_ref()));
     }
 
     /// Watchers take what their member published; a watcher whose member
@@ -539,6 +565,8 @@ impl Sim {
                 self.nodes[i].restart_at = Some(now);
             }
         }
+        self.lease_grants = false;
+        self.leases.stop_keep_alives();
         self.log("healed".into());
     }
 
@@ -604,6 +632,17 @@ impl Sim {
                     ));
                 }
             }
+        }
+        // Every lease must be gone within its bound.
+        let leases_until = self.now() + 20_000;
+        while self.now() < leases_until
+            && !self.aborted
+            && self.now() < self.leases.all_gone_by(self.last_leader_change, ELECTION_MS)
+        {
+            self.step_quiet();
+        }
+        if self.aborted {
+            return self.report();
         }
         self.check(converged)
     }
@@ -707,6 +746,20 @@ impl Sim {
         }
         for w in &self.watchers {
             self.trace.add(&format!("watcher responses {}", w.responses()));
+        }
+        if let Some(state) = finals.first() {
+            let present =
+                state.kvs.iter().filter(|kv| kv.key.starts_with(b"l")).map(|kv| (kv.key.clone(), kv.lease)).collect();
+            let now = self.now();
+            self.leases.check_gone(now, self.last_leader_change, ELECTION_MS, &present);
+        }
+        for v in &self.leases.violations {
+            self.failures.push(format!("lease: {v}"));
+        }
+        self.trace.add(&format!("leases {} reads {}", self.leases.leases.len(), self.leases.reads));
+        // The KV checks see only the KV workload's keys.
+        for f in &mut finals {
+            f.kvs.retain(|kv| kv.key.starts_with(b"k"));
         }
         let config = CheckConfig { step_budget: 5_000_000, ..CheckConfig::default() };
         if let Some(state) = finals.first() {

@@ -33,8 +33,12 @@ pub struct SimWatcher {
     /// The member the current stream is on.
     pub member: Option<usize>,
     rx: Option<broadcast::Receiver<Arc<RevisionEvents>>>,
-    /// The next revision this watcher wants (0: not started).
+    /// The next revision this stream wants (0: not started).
     pub next_rev: i64,
+    /// Where a new stream resumes: the last delivered event's revision plus
+    /// one, as etcd's client does (revisions with no event for this watcher
+    /// are not reported to it).
+    resume_rev: i64,
     pub record: Watcher,
 }
 
@@ -45,6 +49,7 @@ impl SimWatcher {
             member: None,
             rx: None,
             next_rev: 0,
+            resume_rev: 0,
             record: Watcher { spec: WatchSpec::new(KeyRange::prefix(prefix.to_vec())), streams: Vec::new() },
         }
     }
@@ -66,10 +71,11 @@ impl SimWatcher {
         // Subscribe before reading history, so nothing falls between them.
         let rx = m.watch_hub().subscribe();
         let current = m.store().current_revision();
-        let start_revision = if self.next_rev == 0 { 0 } else { self.next_rev };
-        if self.next_rev == 0 {
-            self.next_rev = current + 1;
+        let start_revision = self.resume_rev;
+        if self.resume_rev == 0 {
+            self.resume_rev = current + 1;
         }
+        self.next_rev = self.resume_rev;
         let created = WatchResponse { revision: current, created: true, ..WatchResponse::default() };
         self.record.streams.push(WatchStream { start_revision, responses: vec![created] });
         self.member = Some(i);
@@ -78,6 +84,9 @@ impl SimWatcher {
     }
 
     fn push(&mut self, revision: i64, events: Vec<Event>) {
+        if let Some(last) = events.last() {
+            self.resume_rev = last.kv.mod_revision + 1;
+        }
         if let Some(stream) = self.record.streams.last_mut() {
             stream.responses.push(WatchResponse::events(revision, events));
         }
