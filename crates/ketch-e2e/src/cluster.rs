@@ -162,6 +162,8 @@ impl Cluster {
                         "--initial-cluster-state".into(),
                         "new".into(),
                     ]),
+                    env: Vec::new(),
+                    exited: None,
                     child: None,
                 }
             })
@@ -381,6 +383,29 @@ impl Cluster {
         if let Err((i, why)) = self.wait_ready(&[i]).await {
             self.fail_start(i, &why);
         }
+    }
+
+    /// Sets (`Some`) or removes (`None`) an environment variable of member
+    /// `i`'s process from its next start on ([`Member::set_env`]).
+    pub fn set_env(&mut self, i: usize, key: &str, value: Option<&str>) {
+        self.members[i].set_env(key, value);
+    }
+
+    /// Starts member `i` again like [`Cluster::restart`], without waiting
+    /// until it is ready (it may be meant to crash).
+    pub fn respawn(&mut self, i: usize) {
+        self.kill9(i);
+        self.spawn(i);
+    }
+
+    /// Waits up to `timeout` for member `i` to exit by itself
+    /// ([`Member::wait_exit`]).
+    pub async fn wait_exit(&mut self, i: usize, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let status = self.members[i].wait_exit(timeout).await;
+        if status.is_some() {
+            self.net.lock().pids[i] = None;
+        }
+        status
     }
 
     /// Sends SIGSTOP to member `i` (it keeps its sockets but does nothing).

@@ -12,6 +12,10 @@
 //!   [`Member::restart`] on the same data dir and ports, and SIGKILL + wait on
 //!   drop. Children also get `PR_SET_PDEATHSIG(SIGKILL)`, so they die with the
 //!   test process even if it is killed before it can run destructors.
+//!   [`Member::set_env`] sets a variable of the process's next starts (the
+//!   harness keeps `ETCD_*` and `FAILPOINTS` of its own environment from
+//!   members); [`Member::respawn`] and [`Member::wait_exit`] start a member
+//!   meant to crash and wait for it (`tests/failpoints.rs`).
 //! - Twins: members with the same member and cluster IDs, from a shared
 //!   advertised peer URL ([`Member::start_with_peer_flags`]).
 //! - [`etcdctl`]: runs `/usr/bin/etcdctl` (`ETCDCTL_API=3`) against one endpoint
@@ -74,6 +78,7 @@ use ketch_proto::etcdserverpb::{
 use tonic::transport::{Channel, Endpoint};
 
 pub mod cluster;
+pub mod ctl;
 pub mod dns;
 pub mod net_cluster;
 pub mod netns;
@@ -268,6 +273,10 @@ pub struct Member {
     /// Replaces the single-member `--initial-advertise-peer-urls` and
     /// `--initial-cluster` flags (members of a [`cluster::Cluster`]).
     peer_flags: Option<Vec<String>>,
+    /// Environment variables of the next starts ([`Member::set_env`]).
+    env: Vec<(String, String)>,
+    /// How the process exited, once it exited by itself ([`Member::wait_exit`]).
+    exited: Option<ExitStatus>,
     child: Option<Child>,
 }
 
@@ -313,6 +322,8 @@ impl Member {
             peer_port: 0,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             peer_flags,
+            env: Vec::new(),
+            exited: None,
             child: None,
         };
         const ATTEMPTS: usize = 3;
@@ -369,11 +380,14 @@ impl Member {
                 cmd.env_remove(key);
             }
         }
+        cmd.env_remove("FAILPOINTS");
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd
     }
 
     fn spawn(&mut self) {
         assert!(self.child.is_none(), "member is already running");
+        self.exited = None;
         let log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -482,6 +496,44 @@ impl Member {
                     false
                 }
             },
+        }
+    }
+
+    /// Sets (`Some`) or removes (`None`) an environment variable of the
+    /// process from its next start on (e.g. `FAILPOINTS`, which the harness
+    /// otherwise keeps from reaching members).
+    pub fn set_env(&mut self, key: &str, value: Option<&str>) {
+        self.env.retain(|(k, _)| k != key);
+        if let Some(value) = value {
+            self.env.push((key.to_string(), value.to_string()));
+        }
+    }
+
+    /// Starts the member again on the same data dir and ports (killing it
+    /// first if it is still running) without waiting until it is ready.
+    pub fn respawn(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself; how it
+    /// exited (reaped), or `None` if it still runs after `timeout`.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.exited {
+                return Some(status);
+            }
+            let child = self.child.as_mut()?;
+            if let Some(status) = child.try_wait().expect("cannot poll the member's process") {
+                self.child = None;
+                self.exited = Some(status);
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 

@@ -16,9 +16,9 @@
 //! member IDs (allocated from the clock), which each side's outputs map to
 //! `<lease#N>` / `<member#N>`.
 
-use std::io::{Read, Write};
+use ketch_e2e::ctl::{bare_ctl_command, run_to_end};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ketch_e2e::{
     ETCDCTL_BIN, EtcdctlProcess, Kind, Member, ctl_command, ketchctl_binary, normalize_etcdctl_text, spawn_ctl_command,
@@ -32,19 +32,7 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a long-running command (watch, lock) may take to print what it should.
 const OUTPUT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// One command's result.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Out {
-    stdout: Vec<u8>,
-    stderr: String,
-    code: i32,
-}
-
-impl Out {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.stdout).into_owned()
-    }
-}
+type Out = ketch_e2e::ctl::CtlOutput;
 
 /// Which side of a pair.
 #[derive(Clone, Copy)]
@@ -100,67 +88,13 @@ fn twin_flags() -> Vec<String> {
 
 /// `program --endpoints=<endpoint> <args>` with `env`, fed `stdin`.
 fn run_program(program: &Path, endpoint: &str, args: &[&str], stdin: Option<&str>, env: &[(&str, &str)]) -> Out {
-    run_command(ctl_command(program, endpoint, args), stdin, env)
+    run_to_end(ctl_command(program, endpoint, args), stdin, env, RUN_TIMEOUT)
 }
 
 /// `program <args>` alone (endpoints from `env`), as [`ctl_command`] sets
 /// it up otherwise.
 fn run_bare(program: &Path, args: &[&str], env: &[(&str, &str)]) -> Out {
-    let mut cmd = std::process::Command::new(program);
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("ETCDCTL_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.env("ETCDCTL_API", "3")
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    run_command(cmd, None, env)
-}
-
-fn run_command(mut cmd: std::process::Command, stdin: Option<&str>, env: &[(&str, &str)]) -> Out {
-    let program = cmd.get_program().to_owned();
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    ketch_e2e::die_with_parent(&mut cmd);
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()));
-    let mut child_stdin = child.stdin.take().expect("stdin is piped");
-    let input = stdin.unwrap_or("").to_string();
-    let writer = std::thread::spawn(move || {
-        let _ = child_stdin.write_all(input.as_bytes());
-    });
-    let mut out = child.stdout.take().expect("stdout is piped");
-    let mut err = child.stderr.take().expect("stderr is piped");
-    let out_reader = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = out.read_to_end(&mut buf);
-        buf
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = err.read_to_end(&mut buf);
-        String::from_utf8_lossy(&buf).into_owned()
-    });
-    let deadline = Instant::now() + RUN_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("cannot poll the child") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            break child.wait().expect("cannot reap the child");
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    };
-    let _ = writer.join();
-    Out {
-        stdout: out_reader.join().expect("stdout reader panicked"),
-        stderr: err_reader.join().expect("stderr reader panicked"),
-        code: status.code().unwrap_or(-1),
-    }
+    run_to_end(bare_ctl_command(program, args), None, env, RUN_TIMEOUT)
 }
 
 /// Normalises what is not the client's to decide (see the module docs).

@@ -13,10 +13,10 @@
 //! ketchctl) then run `stty` on a pipe, which complains on stderr the same
 //! way on both sides.
 
-use std::io::{Read, Write};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use ketch_e2e::ctl::run_to_end;
 use ketch_e2e::{ETCDCTL_BIN, Kind, Member, ctl_command, ketchctl_binary, normalize_etcdctl_text};
 
 /// The advertised peer URL of every twin: never dialed by a lone member.
@@ -28,19 +28,7 @@ const PERF_TIMEOUT: Duration = Duration::from_secs(150);
 /// Fast password hashing for the tests.
 const SERVER_FLAGS: &[&str] = &["--bcrypt-cost", "4"];
 
-/// One command's result.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Out {
-    stdout: Vec<u8>,
-    stderr: String,
-    code: i32,
-}
-
-impl Out {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.stdout).into_owned()
-    }
-}
+type Out = ketch_e2e::ctl::CtlOutput;
 
 fn twin_flags() -> Vec<String> {
     vec![
@@ -61,46 +49,7 @@ fn run_program(
     env: &[(&str, &str)],
     timeout: Duration,
 ) -> Out {
-    let mut cmd = ctl_command(program, endpoint, args);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    ketch_e2e::die_with_parent(&mut cmd);
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()));
-    let mut child_stdin = child.stdin.take().expect("stdin is piped");
-    let input = stdin.unwrap_or("").to_string();
-    let writer = std::thread::spawn(move || {
-        let _ = child_stdin.write_all(input.as_bytes());
-    });
-    let mut out = child.stdout.take().expect("stdout is piped");
-    let mut err = child.stderr.take().expect("stderr is piped");
-    let out_reader = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = out.read_to_end(&mut buf);
-        buf
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = err.read_to_end(&mut buf);
-        String::from_utf8_lossy(&buf).into_owned()
-    });
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("cannot poll the child") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            break child.wait().expect("cannot reap the child");
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    };
-    let _ = writer.join();
-    Out {
-        stdout: out_reader.join().expect("stdout reader panicked"),
-        stderr: err_reader.join().expect("stderr reader panicked"),
-        code: status.code().unwrap_or(-1),
-    }
+    run_to_end(ctl_command(program, endpoint, args), stdin, env, timeout)
 }
 
 /// `haystack` with every `needle` replaced by `with`.

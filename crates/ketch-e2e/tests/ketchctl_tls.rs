@@ -16,11 +16,11 @@
 //! discovery its domain), log timestamps and client ids, `took` durations
 //! and the database size.
 
-use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use ketch_e2e::ctl::run_to_end;
 use ketch_e2e::dns::{Dnsmasq, Netns, SrvRecord};
 use ketch_e2e::tls::{ClientAuth, Pki, TlsEtcd, in_netns};
 use ketch_e2e::{ETCDCTL_BIN, Kind, Member, ketchctl_binary, normalize_etcdctl_text};
@@ -63,36 +63,8 @@ fn run(program: &Path, netns: Option<&str>, args: &[String], env: &[(&str, Strin
     for (k, v) in env {
         cmd.env(k, v);
     }
-    ketch_e2e::die_with_parent(&mut cmd);
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()));
-    let mut out = child.stdout.take().expect("stdout is piped");
-    let mut err = child.stderr.take().expect("stderr is piped");
-    let out_reader = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = out.read_to_end(&mut buf);
-        String::from_utf8_lossy(&buf).into_owned()
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = err.read_to_end(&mut buf);
-        String::from_utf8_lossy(&buf).into_owned()
-    });
-    let deadline = Instant::now() + RUN_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("cannot poll the child") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            break child.wait().expect("cannot reap the child");
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    };
-    Out {
-        stdout: out_reader.join().expect("stdout reader panicked"),
-        stderr: err_reader.join().expect("stderr reader panicked"),
-        code: status.code().unwrap_or(-1),
-    }
+    let out = run_to_end(cmd, None, &[], RUN_TIMEOUT);
+    Out { stdout: out.text(), stderr: out.stderr, code: out.code }
 }
 
 /// What differs legitimately between the two sides: each side's

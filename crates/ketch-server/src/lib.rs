@@ -9,6 +9,21 @@
 //! * [`cluster`]: the membership;
 //! * [`storage`]: the data directory layout; [`ids`]: etcd's ID derivations.
 
+/// A crash point for the failpoint tests, named like etcd's gofail points:
+/// with the `failpoints` feature, `FAILPOINTS=<name>=return` (or
+/// `<name>=3*off->return`: the fourth hit) aborts the process here (SIGABRT,
+/// no cleanup; the OS keeps what was written, synced or not); with
+/// `crash_point!(<name>, <condition>)` only hits where the condition holds
+/// count. Without the feature it compiles to nothing.
+macro_rules! crash_point {
+    ($name:literal $(, $cond:expr)?) => {
+        fail::fail_point!($name, $($cond,)? |_| {
+            eprintln!(concat!("failpoint ", $name, ": crashing"));
+            std::process::abort()
+        })
+    };
+}
+
 pub mod apply;
 pub mod cluster;
 pub mod error;

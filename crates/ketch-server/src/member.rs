@@ -384,6 +384,30 @@ impl Member {
             .map_err(|e| internal("WAL entry", &e))?;
         let applied = storage::u64_meta(store.meta(storage::META_CONSISTENT_INDEX)?).unwrap_or(0);
         let applied_term = storage::u64_meta(store.meta(storage::META_CONSISTENT_TERM)?).unwrap_or(0);
+        let installing = store.meta(storage::META_SNAPSHOT_INSTALLING)?.is_some_and(|v| v == b"1");
+        let log_end = entries.last().map_or(snapshot.index, |e| e.index);
+        let (snapshot, entries, hard_state) = if installing && applied > log_end {
+            // A crash came after a snapshot install replaced the store and
+            // before the WAL recorded it: the store is the snapshot.
+            tracing::warn!(applied, log_end, "finishing a snapshot install cut short by a crash");
+            let mut meta = SnapshotMetadata { index: applied, term: applied_term, ..Default::default() };
+            meta.set_conf_state(ConfState { voters: membership.ids(), ..Default::default() });
+            let mut hs = hard_state.unwrap_or_default();
+            if hs.term < applied_term {
+                hs.term = applied_term;
+                hs.vote = 0;
+            }
+            hs.commit = hs.commit.max(applied);
+            wal.mark_snapshot(applied, &codec::encode_snapshot_metadata(&meta)).map_err(|e| internal("WAL", &e))?;
+            wal.set_hard_state(&codec::encode_hard_state(&hs)).map_err(|e| internal("WAL", &e))?;
+            wal.sync().map_err(|e| internal("WAL", &e))?;
+            (meta, Vec::new(), Some(hs))
+        } else {
+            (snapshot, entries, hard_state)
+        };
+        if installing {
+            store.batch()?.commit(&[(storage::META_SNAPSHOT_INSTALLING, b"0")], true)?;
+        }
         let snapshot_index = snapshot.index;
         let voters = snapshot.get_conf_state().voters.clone();
 
@@ -485,6 +509,7 @@ impl Member {
             applied_term,
             durable_applied: applied,
             last_durable_at: shared.now_ms(),
+            installing: false,
         };
         let raft_loop = RaftLoop {
             core,
@@ -1203,6 +1228,7 @@ impl RaftLoop {
             }
             // (Entries committed in a ready are in the log already: they go to
             // the apply thread while this thread persists the new ones.)
+            crash_point!("raft_before_save");
             for e in &rd.entries {
                 self.wal.append_entry(e.index, &codec::encode_entry(e)).map_err(wal_err)?;
             }
@@ -1212,6 +1238,7 @@ impl RaftLoop {
             if rd.must_sync && !self.shared.bugs.ack_before_fsync {
                 self.wal.sync().map_err(wal_err)?;
             }
+            crash_point!("raft_after_save");
             if self.shared.bugs.apply_uncommitted {
                 let uncommitted: Vec<Entry> = rd.entries.iter().filter(|e| e.index > self.handed).cloned().collect();
                 if let Some(last) = uncommitted.last().map(|e| e.index) {
@@ -1306,6 +1333,7 @@ impl RaftLoop {
     /// then records it in the WAL at the installed store's applied index (which
     /// may be past the snapshot's: entries up to it are skipped on apply).
     fn install_snapshot(&mut self, meta: SnapshotMetadata) -> Result<(), ServerError> {
+        crash_point!("raft_before_apply_snap");
         let (reply, answer) = mpsc::sync_channel(1);
         let leader = self.core.leader_id();
         let conf_state = meta.get_conf_state().clone();
@@ -1314,6 +1342,7 @@ impl RaftLoop {
             applier.drain(usize::MAX)?;
         }
         let (applied, term) = answer.recv().map_err(|_| self.apply_failure())??;
+        crash_point!("raft_after_apply_snap");
         let mut marker = SnapshotMetadata { index: applied, term, ..Default::default() };
         marker.set_conf_state(conf_state);
         self.wal.mark_snapshot(applied, &codec::encode_snapshot_metadata(&marker)).map_err(wal_err)?;
@@ -1334,9 +1363,12 @@ impl RaftLoop {
         }
         let mut meta = SnapshotMetadata { index, term, ..Default::default() };
         meta.set_conf_state(self.core.conf_state());
+        crash_point!("raft_before_save_snap");
         self.wal.mark_snapshot(index, &codec::encode_snapshot_metadata(&meta)).map_err(wal_err)?;
         self.wal.sync().map_err(wal_err)?;
+        crash_point!("raft_after_save_snap");
         let purged = if self.cfg.purge_wals { self.wal.purge().map_err(wal_err)? } else { 0 };
+        crash_point!("raft_after_wal_purge", purged > 0);
         self.core
             .compact_log(index.saturating_sub(self.cfg.snapshot_catch_up_entries).max(1))
             .map_err(|e| ServerError::Internal(e.to_string()))?;

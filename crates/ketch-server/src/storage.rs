@@ -25,8 +25,14 @@ pub const META_CONSISTENT_TERM: &str = "consistent_term";
 pub const META_MEMBER_ID: &str = "member_id";
 pub const META_CLUSTER_ID: &str = "cluster_id";
 pub const META_MEMBERS: &str = "members";
-/// Meta keys that belong to this member, not to the replicated state.
-pub const LOCAL_META: &[&str] = &[META_MEMBER_ID];
+/// `"1"` from just before a snapshot install replaces the store until the
+/// WAL's marker for it is durable: a restart that finds the store past the end
+/// of the WAL with this set finishes the install (writes the marker) instead
+/// of refusing to start.
+pub const META_SNAPSHOT_INSTALLING: &str = "snapshot_installing";
+/// Meta keys that belong to this member, not to the replicated state (kept
+/// across a snapshot install, never sent in one).
+pub const LOCAL_META: &[&str] = &[META_MEMBER_ID, META_SNAPSHOT_INSTALLING];
 
 pub struct Layout {
     pub data_dir: PathBuf,

@@ -18,6 +18,10 @@ const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 const RAFT_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(12);
 
 fn main() -> ExitCode {
+    // Test builds only: `FAILPOINTS` arms the server's crash points (see
+    // ARCHITECTURE.md, "Failpoints").
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     let args = flags::normalize_go_flags(std::env::args());
     let flags = match Flags::try_parse_from(args) {
         Ok(f) => f,

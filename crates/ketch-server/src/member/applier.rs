@@ -64,6 +64,9 @@ pub(super) struct Applier {
     pub(super) durable_applied: u64,
     /// Clock ms of the last durable commit.
     pub(super) last_durable_at: u64,
+    /// The install flag is set in the store: the next batch (handed over only
+    /// after the raft loop wrote the install's WAL marker) clears it.
+    pub(super) installing: bool,
 }
 
 impl Applier {
@@ -136,7 +139,11 @@ impl Applier {
     }
 
     fn make_durable(&mut self) -> Result<(), ServerError> {
+        crash_point!("backend_before_commit");
+        crash_point!("backend_before_durable_commit");
         self.store.batch()?.commit(&[], true)?;
+        crash_point!("backend_after_durable_commit");
+        crash_point!("backend_after_commit");
         self.mark_durable(self.applied, self.applied_term);
         Ok(())
     }
@@ -160,6 +167,7 @@ impl Applier {
         let entries: Vec<Entry> = entries.into_iter().filter(|e| e.index > self.applied).collect();
         let Some(last) = entries.last() else { return Ok(()) };
         let (last_index, last_term) = (last.index, last.term);
+        crash_point!("apply_before");
         let store = self.store.clone();
         if self.shared.bugs.applied_index_apart {
             // The planted bug: the index is durable before the data it covers.
@@ -210,8 +218,18 @@ impl Applier {
         if let Some(m) = &members {
             meta.push((storage::META_MEMBERS, m));
         }
+        if self.installing {
+            meta.push((storage::META_SNAPSHOT_INSTALLING, b"0"));
+            self.installing = false;
+        }
         let durable = durable && !self.shared.bugs.applied_index_apart;
+        crash_point!("compact_before_commit", compacts(&results));
+        crash_point!("backend_before_commit");
+        crash_point!("backend_before_durable_commit", durable);
         let events = batch.commit(&meta, durable)?;
+        crash_point!("backend_after_durable_commit", durable);
+        crash_point!("backend_after_commit");
+        crash_point!("compact_after_commit", compacts(&results));
         self.shared.watch_hub.publish(events);
         self.applied = last_index;
         self.applied_term = last_term;
@@ -229,6 +247,7 @@ impl Applier {
         } else {
             self.wake_raft_loop();
         }
+        crash_point!("apply_after");
         Ok(())
     }
 
@@ -250,6 +269,10 @@ impl Applier {
     /// (index, term), which may be past the snapshot's.
     fn install_snapshot(&mut self, meta: SnapshotMetadata, leader: u64) -> Result<(u64, u64), ServerError> {
         tracing::info!(index = meta.index, term = meta.term, "installing a snapshot from the leader");
+        // Durable before the store is replaced; cleared once the raft loop's
+        // WAL marker for the install is durable (see META_SNAPSHOT_INSTALLING).
+        self.store.batch()?.commit(&[(storage::META_SNAPSHOT_INSTALLING, b"1")], true)?;
+        self.installing = true;
         let me = self.shared.member_id;
         loop {
             let membership = self.shared.membership.read().expect("membership lock poisoned").clone();
@@ -324,6 +347,12 @@ impl Applier {
         }
         Ok((applied, term))
     }
+}
+
+/// Whether a batch's results include a compaction (for its crash points).
+#[cfg(feature = "failpoints")]
+fn compacts(results: &[(u64, Result<Applied, ServerError>)]) -> bool {
+    results.iter().any(|(_, r)| matches!(r, Ok(Applied::Compaction(_))))
 }
 
 /// The lessor as the apply layer sees it.
