@@ -42,8 +42,11 @@ struct DiskState {
     backend: Vec<u8>,
     backend_synced: Vec<u8>,
     backend_dirty: Vec<(usize, usize)>,
-    /// Syncs left to fail (any of the WAL's or the backend's).
-    failing_syncs: u32,
+    /// Counts down syncs (the WAL's or the backend's); the one that takes
+    /// it to zero fails, and the process is then as good as dead: every
+    /// later write and sync fails too, until the crash.
+    fail_sync_in: u32,
+    dead: bool,
     /// Bytes synced, for reports.
     synced_bytes: u64,
 }
@@ -64,6 +67,21 @@ fn injected() -> io::Error {
     io::Error::other("injected fsync failure")
 }
 
+/// Counts a sync down; fails it (and the disk from then on) when due.
+fn sync_gate(s: &mut DiskState) -> io::Result<()> {
+    if s.dead {
+        return Err(injected());
+    }
+    if s.fail_sync_in > 0 {
+        s.fail_sync_in -= 1;
+        if s.fail_sync_in == 0 {
+            s.dead = true;
+            return Err(injected());
+        }
+    }
+    Ok(())
+}
+
 impl Disk {
     fn lock(&self) -> MutexGuard<'_, DiskState> {
         self.state.lock().expect("disk lock poisoned")
@@ -79,9 +97,12 @@ impl Disk {
         SimBackend { disk: self.clone(), generation: self.lock().generation }
     }
 
-    /// Makes the next `n` syncs fail.
-    pub fn fail_syncs(&self, n: u32) {
-        self.lock().failing_syncs = n;
+    /// Makes the `n`th sync from now fail, and everything after it, as if
+    /// the process died right there (0: never).
+    pub fn fail_sync_in(&self, n: u32) {
+        let mut s = self.lock();
+        s.fail_sync_in = n;
+        s.dead = false;
     }
 
     /// The process dies: unsynced data is lost (but for a torn prefix of
@@ -89,7 +110,8 @@ impl Disk {
     pub fn crash(&self, rng: &mut StdRng, torn: bool) {
         let mut s = self.lock();
         s.generation += 1;
-        s.failing_syncs = 0;
+        s.fail_sync_in = 0;
+        s.dead = false;
         s.names = s.durable_names.clone();
         let live: Vec<u64> = s.names.values().copied().collect();
         s.files.retain(|id, _| live.contains(id));
@@ -194,10 +216,7 @@ impl WalFs for SimFs {
 
     fn sync_dir(&self, _dir: &Path) -> io::Result<()> {
         let mut s = self.live()?;
-        if s.failing_syncs > 0 {
-            s.failing_syncs -= 1;
-            return Err(injected());
-        }
+        sync_gate(&mut s)?;
         s.durable_names = s.names.clone();
         Ok(())
     }
@@ -212,7 +231,7 @@ struct SimFile {
 impl WalFile for SimFile {
     fn append(&mut self, data: &[u8]) -> io::Result<()> {
         let mut s = self.disk.lock();
-        if s.generation != self.generation {
+        if s.generation != self.generation || s.dead {
             return Err(io::Error::other("crashed"));
         }
         if let Some(f) = s.files.get_mut(&self.id) {
@@ -226,10 +245,7 @@ impl WalFile for SimFile {
         if s.generation != self.generation {
             return Err(io::Error::other("crashed"));
         }
-        if s.failing_syncs > 0 {
-            s.failing_syncs -= 1;
-            return Err(injected());
-        }
+        sync_gate(&mut s)?;
         let mut bytes = 0;
         if let Some(f) = s.files.get_mut(&self.id) {
             bytes = (f.data.len() - f.synced) as u64;
@@ -287,10 +303,7 @@ impl redb::StorageBackend for SimBackend {
         if s.generation != self.generation {
             return Ok(());
         }
-        if s.failing_syncs > 0 {
-            s.failing_syncs -= 1;
-            return Err(injected());
-        }
+        sync_gate(&mut s)?;
         let len = s.backend.len();
         let s = &mut *s;
         s.backend_synced.resize(len, 0);
@@ -310,6 +323,9 @@ impl redb::StorageBackend for SimBackend {
         let mut s = self.disk.lock();
         if s.generation != self.generation {
             return Ok(());
+        }
+        if s.dead {
+            return Err(injected());
         }
         let start = offset as usize;
         let end = start + data.len();

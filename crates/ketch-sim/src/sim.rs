@@ -277,7 +277,10 @@ impl Sim {
         let env = MemberEnv {
             clock: Clock::Manual(self.now.clone()),
             seed,
-            id_epoch_ms: 1_700_000_000_000 + i as u64,
+            // Like a wall clock at start: a restarted member must not hand
+            // out the request IDs of its previous life (entries still in its
+            // log carry them).
+            id_epoch_ms: 1_700_000_000_000 + now,
             wal_fs: node.disk.fs(),
             store: Some(store),
             outbox: Some(Box::new(SimOutbox { from: node.id, sent: self.net.sent.clone() })),
@@ -548,8 +551,9 @@ impl Sim {
             _ => {
                 let i = self.rng.random_range(0..n);
                 if self.nodes[i].running.is_some() {
-                    self.fault(format!("m{i}'s next fsync fails"));
-                    self.nodes[i].disk.fail_syncs(1);
+                    let k = self.rng.random_range(1..=8);
+                    self.fault(format!("m{i} dies at its fsync number {k} from now (the fsync fails)"));
+                    self.nodes[i].disk.fail_sync_in(k);
                 }
             }
         }
@@ -560,7 +564,7 @@ impl Sim {
         self.net.weather = Weather::calm();
         let now = self.now();
         for i in 0..self.nodes.len() {
-            self.nodes[i].disk.fail_syncs(0);
+            self.nodes[i].disk.fail_sync_in(0);
             if self.nodes[i].running.is_none() {
                 self.nodes[i].restart_at = Some(now);
             }
