@@ -46,6 +46,8 @@ struct DiskState {
     /// it to zero fails, and the process is then as good as dead: every
     /// later write and sync fails too, until the crash.
     fail_sync_in: u32,
+    /// The process dies right after its next backend sync succeeds.
+    die_after_backend_sync: bool,
     dead: bool,
     /// Bytes synced, for reports.
     synced_bytes: u64,
@@ -102,7 +104,14 @@ impl Disk {
     pub fn fail_sync_in(&self, n: u32) {
         let mut s = self.lock();
         s.fail_sync_in = n;
+        s.die_after_backend_sync = false;
         s.dead = false;
+    }
+
+    /// Makes the process die right after its next successful backend sync
+    /// (a durable commit, or a snapshot install), before anything else.
+    pub fn die_after_backend_sync(&self) {
+        self.lock().die_after_backend_sync = true;
     }
 
     /// The process dies: unsynced data is lost (but for a torn prefix of
@@ -111,6 +120,7 @@ impl Disk {
         let mut s = self.lock();
         s.generation += 1;
         s.fail_sync_in = 0;
+        s.die_after_backend_sync = false;
         s.dead = false;
         s.names = s.durable_names.clone();
         let live: Vec<u64> = s.names.values().copied().collect();
@@ -316,6 +326,10 @@ impl redb::StorageBackend for SimBackend {
             }
         }
         s.synced_bytes += bytes;
+        if s.die_after_backend_sync {
+            s.die_after_backend_sync = false;
+            s.dead = true;
+        }
         Ok(())
     }
 
