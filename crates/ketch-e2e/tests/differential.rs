@@ -733,7 +733,19 @@ async fn differential_kv() {
         if step % 250 == 249 || step + 1 == steps {
             let past = generator.rng.random_range(generator.compacted.max(0)..=generator.rev + 1);
             for rev in [0, past] {
-                let (e, s) = tokio::join!(hash_kv(&etcd, rev), hash_kv(&subject, rev));
+                let (mut e, mut s) = tokio::join!(hash_kv(&etcd, rev), hash_kv(&subject, rev));
+                // etcd 3.4 compacts the backend in the background after it
+                // answers, and its HashKV counts the revisions still waiting
+                // to be deleted when no key survives the compaction point
+                // (`len(keep) > 0` in `HashByRev`): its hash settles once the
+                // compaction is done. Ketch compacts before it answers.
+                for _ in 0..20 {
+                    if e == s {
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    (e, s) = tokio::join!(hash_kv(&etcd, rev), hash_kv(&subject, rev));
+                }
                 hash_checks += 1;
                 if e != s {
                     let report = format!(
