@@ -481,12 +481,7 @@ impl Cluster {
     /// `Maintenance.Status` of member `i`, on a fresh connection, bounded by
     /// [`PROBE_TIMEOUT`].
     pub async fn status(&self, i: usize) -> Result<StatusResponse, String> {
-        let url = self.members[i].client_url();
-        bounded(PROBE_TIMEOUT, async move {
-            let mut client = MaintenanceClient::new(connect(&url).await?);
-            client.status(StatusRequest {}).await.map(|r| r.into_inner()).map_err(|e| e.to_string())
-        })
-        .await
+        status_at(self.members[i].client_url()).await
     }
 
     /// `Maintenance.Status` of every member that is up (`None` for the
@@ -507,17 +502,7 @@ impl Cluster {
     /// ID), among the members that are up; if more than one says so (an old
     /// leader that has not noticed yet), the one with the highest term.
     pub async fn leader(&mut self) -> Option<usize> {
-        let statuses = self.statuses().await;
-        statuses
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| {
-                let s = s.as_ref()?;
-                let me = s.header.as_ref()?.member_id;
-                (s.leader == me && me != 0).then_some((s.raft_term, i))
-            })
-            .max()
-            .map(|(_, i)| i)
+        leader_of(&self.statuses().await)
     }
 
     /// Waits until a member leads with the agreement of a quorum: it says it
@@ -938,6 +923,32 @@ fn socket_inode(src_port: u16, dst_port: u16) -> Option<String> {
         (fields.get(1) == Some(&local.as_str()) && fields.get(2) == Some(&remote.as_str()) && *inode != "0")
             .then(|| inode.to_string())
     })
+}
+
+/// `Maintenance.Status` of the member at `url`, on a fresh connection,
+/// bounded by [`PROBE_TIMEOUT`].
+pub(crate) async fn status_at(url: String) -> Result<StatusResponse, String> {
+    bounded(PROBE_TIMEOUT, async move {
+        let mut client = MaintenanceClient::new(connect(&url).await?);
+        client.status(StatusRequest {}).await.map(|r| r.into_inner()).map_err(|e| e.to_string())
+    })
+    .await
+}
+
+/// Among members' statuses (`None`: down or unanswered), the one that says
+/// it leads; with several (an old leader that has not noticed yet), the one
+/// with the highest term.
+pub(crate) fn leader_of(statuses: &[Option<StatusResponse>]) -> Option<usize> {
+    statuses
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| {
+            let s = s.as_ref()?;
+            let me = s.header.as_ref()?.member_id;
+            (s.leader == me && me != 0).then_some((s.raft_term, i))
+        })
+        .max()
+        .map(|(_, i)| i)
 }
 
 #[cfg(test)]

@@ -23,12 +23,13 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use ketch_proto::etcdserverpb::{
-    HashKvRequest, HashKvResponse, StatusRequest, StatusResponse, kv_client::KvClient,
-    maintenance_client::MaintenanceClient,
+    HashKvRequest, HashKvResponse, StatusResponse, kv_client::KvClient, maintenance_client::MaintenanceClient,
 };
 use tonic::transport::Channel;
 
-use crate::cluster::{POLL, PROBE_TIMEOUT, agreed_leader, bounded, connect, flag_value, futures_join, lazy_channel};
+use crate::cluster::{
+    POLL, PROBE_TIMEOUT, agreed_leader, bounded, connect, flag_value, futures_join, lazy_channel, leader_of, status_at,
+};
 use crate::netns::Net;
 use crate::{ETCD_BIN, Kind, READY_POLL, READY_TIMEOUT, die_with_parent, ketch_binary, probe_status, spawn_child};
 
@@ -367,12 +368,7 @@ impl NetCluster {
 
     /// `Maintenance.Status` of member `i`, bounded by [`PROBE_TIMEOUT`].
     pub async fn status(&self, i: usize) -> Result<StatusResponse, String> {
-        let url = self.client_url(i);
-        bounded(PROBE_TIMEOUT, async move {
-            let mut client = MaintenanceClient::new(connect(&url).await?);
-            client.status(StatusRequest {}).await.map(|r| r.into_inner()).map_err(|e| e.to_string())
-        })
-        .await
+        status_at(self.client_url(i)).await
     }
 
     /// `Maintenance.Status` of every member that is up (`None` otherwise).
@@ -390,17 +386,7 @@ impl NetCluster {
 
     /// The member that says it leads, with the highest term, among those up.
     pub async fn leader(&mut self) -> Option<usize> {
-        let statuses = self.statuses().await;
-        statuses
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| {
-                let s = s.as_ref()?;
-                let me = s.header.as_ref()?.member_id;
-                (s.leader == me && me != 0).then_some((s.raft_term, i))
-            })
-            .max()
-            .map(|(_, i)| i)
+        leader_of(&self.statuses().await)
     }
 
     /// Waits until a member accepted by `accept` leads with a quorum's
